@@ -1,0 +1,78 @@
+# PowerAttention replication.
+#   make reproduce   execute every notebook into outputs/$(PROFILE)/ and build the report
+#   make test        run the test suite, every notebook included (ci profile)
+# Both create the environment they need (.venv, pip) unless USE_ACTIVE_ENV=1,
+# which uses the python3 already on PATH (conda users, the GPU machine).
+
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.SUFFIXES:
+.PHONY: all reproduce report test env notebooks-clean clean-notebooks help
+
+USE_ACTIVE_ENV ?= 0
+VENV ?= .venv
+BOOT_PYTHON ?= python3
+ifeq ($(USE_ACTIVE_ENV),1)
+  PY := python3
+  ENV_STAMP :=
+else
+  PY := $(VENV)/bin/python
+  ENV_STAMP := $(VENV)/.installed
+endif
+
+# GPU profile if CUDA is available (asked of the environment's torch, else nvidia-smi), CPU otherwise.
+ifndef PROFILE
+  PROFILE := $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null \
+               || (nvidia-smi -L >/dev/null 2>&1 && echo gpu) || echo cpu)
+endif
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+NAMES     := $(basename $(notdir $(NOTEBOOKS)))
+OUT       := outputs/$(PROFILE)
+EXECUTED  := $(NAMES:%=$(OUT)/%.ipynb)
+CODE      := $(shell find lib kernels -name '*.py' 2>/dev/null)
+RUN_ENV   := PYTHONPATH=$(CURDIR) PYTHONHASHSEED=0
+
+help:
+	@echo "make reproduce [PROFILE=ci|cpu|gpu]   execute notebooks into outputs/<profile>/ + REPORT.md (now: $(PROFILE))"
+	@echo "make test                             pytest, notebooks included (ci profile)"
+	@echo "USE_ACTIVE_ENV=1                      use the active python instead of building .venv"
+
+all: reproduce
+
+reproduce: $(EXECUTED) report
+
+# Environment: a venv with pinned packages (torch 2.13.0: CPU wheel where there is no CUDA).
+env: $(ENV_STAMP)
+$(VENV)/.installed: requirements.txt
+	test -x $(VENV)/bin/python || $(BOOT_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	touch $@
+
+# One notebook -> outputs/<profile>/<name>.ipynb (+ outputs/<profile>/<name>/ with figures and results).
+# papermill writes its output even when a cell fails, so it writes to .tmp files and
+# a .partial folder, and only a successful run replaces the previous good outputs.
+$(OUT)/%.ipynb: notebooks/%.ipynb params/%/$(PROFILE).yaml $(CODE) | $(ENV_STAMP)
+	@mkdir -p $(OUT)
+	rm -rf $(OUT)/$*.partial
+	$(RUN_ENV) $(PY) -m papermill $< $(OUT)/$*.tmp.ipynb --cwd $(CURDIR) -k python3 \
+	    -f params/$*/$(PROFILE).yaml -p profile $(PROFILE) -p output_dir $(OUT)/$*.partial
+	rm -rf $(OUT)/$* && mv $(OUT)/$*.partial $(OUT)/$*
+	mv $(OUT)/$*.tmp.ipynb $@
+
+# Figure 1b evaluates the checkpoints that Figure 3's notebook trains (shared cache).
+$(OUT)/05_figure1b_alpha.ipynb: $(OUT)/04_figure3_passkey.ipynb
+
+report: $(OUT)/REPORT.md
+$(OUT)/REPORT.md: $(EXECUTED) lib/report.py | $(ENV_STAMP)
+	$(RUN_ENV) $(PY) -m lib.report $(OUT) > $@.tmp && mv $@.tmp $@
+	@echo "report: $@"
+
+test: | $(ENV_STAMP)
+	$(RUN_ENV) $(PY) -m pytest -n 2 --dist loadgroup --durations=15 -q tests
+
+# Strip outputs from the source notebooks (executed copies live under outputs/).
+clean-notebooks notebooks-clean: | $(ENV_STAMP)
+	$(PY) -m lib.report --strip $(NOTEBOOKS)
