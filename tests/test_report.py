@@ -1,0 +1,38 @@
+"""Provenance records and the replication report built from notebook outputs."""
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")  # this test process only; notebooks keep their inline backend
+import matplotlib.pyplot as plt
+
+from lib import provenance, report
+
+
+def test_provenance_records_commit_device_versions_and_params(tmp_path):
+    rec = provenance.write_provenance(tmp_path / "nb", params={"seq_len": 4096})
+    on_disk = json.loads((tmp_path / "nb" / "provenance.json").read_text())
+    assert on_disk["parameters"] == {"seq_len": 4096} == rec["parameters"]
+    assert on_disk["commit"] and "torch" in on_disk["versions"] and "device" in on_disk
+
+
+def test_report_gathers_summaries_figures_and_provenance(tmp_path):
+    out = tmp_path / "ci"
+    folder = out / "01_masks"
+    provenance.write_provenance(folder, params={"a": 1})
+    (folder / "summary.md").write_text("| claim | paper | ours |\n|---|---|---|\n| budget | 10 | 10 |\n")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    provenance.save_figure(fig, folder, "budget")
+    plt.close(fig)
+    (out / "01_masks.ipynb").write_text("{}")
+    (out / "02_unfinished.tmp.ipynb").write_text("{}")  # a failed run's leftover is not reported
+    text = report.build_report(out)
+    assert "## 01_masks" in text and "| budget | 10 | 10 |" in text
+    assert "01_masks/budget.png" in text and "Provenance: commit" in text
+    assert "02_unfinished" not in text
+
+
+def test_report_cli_rejects_missing_folder(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
