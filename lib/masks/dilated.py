@@ -5,8 +5,8 @@ Every ``(dilation + 1)``-th block inside a ``window``-block span:
 dilation 1 block, i.e. distances 0, 2, ..., 18 = 10 blocks per row, no sink.
 
 How we read Algorithm 4 as printed:
-* ``blk_qk & 1 == 0`` is, by Python precedence, ``blk_qk & (1 == 0)``, which
-  is always 0; the intent is ``(blk_qk & 1) == 0``.
+* ``blk_qk & 1 == 0``: Python's ``&`` binds tighter than ``==``, so as printed
+  this already is ``(blk_qk & 1) == 0`` (even distance; it would not be in C/CUDA).
 * ``mask_window`` is used but never defined. Any dense local window would
   break the paper's own statements (10-block budget; "all tokens at distances
   2k+1 are unreachable", "only access 50% of the tokens"), so we read it as

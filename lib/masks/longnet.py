@@ -8,9 +8,10 @@ How we read Algorithm 5 as printed:
 * ``temp2_qk = q_idx_b * kv_idx_b`` is a misprint for XOR: for a power-of-two
   ``w``, ``(q ^ kv) < w`` says "same aligned segment of w blocks" (they agree
   on every bit above log2 w). A product has no such meaning.
-* ``temp1_qk & 1 == 0`` is, by Python precedence, ``temp1_qk & (1 == 0)``;
-  the intent is ``(temp1_qk & (r - 1)) == 0``: ``q | kv`` has its low
-  log2(r) bits clear iff both indices are multiples of r.
+* ``temp1_qk & 1 == 0`` (``& 3``, ``& 7``, ``& 15``): Python's ``&`` binds
+  tighter than ``==``, so as printed this already is ``(temp1_qk & (r - 1)) == 0``
+  (it would not be in C/CUDA): ``q | kv`` has its low log2(r) bits clear iff
+  both indices are multiples of r.
 Segments longer than 128 blocks do not exist in this configuration, so past
 32K context (at 256-token blocks) LongNet cannot see across 128-block
 segments: a property of the paper's configuration, kept as is.
