@@ -1,0 +1,168 @@
+"""Block-sparse causal attention for the six patterns of ``lib.masks``.
+
+Public API (other notebooks, ``lib/`` helpers and outside checks call exactly these)::
+
+    sparse_attention(q, k, v, pattern, block_size=256, backend="auto", *,
+                     scale=None, return_lse=False, kernel_config=None, **config)
+        Prefill / training. q ``[B, Hq, S, D]``, k and v ``[B, Hkv, S, D]``
+        (``Hq`` a multiple of ``Hkv``: GQA). Query ``i`` sees key ``j`` iff
+        ``i >= j`` and the pattern's block layout selects block
+        ``(i // block_size, j // block_size)``. Returns ``q``'s shape and dtype
+        (and the natural-log LSE ``[B, Hq, S]`` float32 with ``return_lse``).
+        Differentiable in q, k, v on every backend.
+
+    sparse_decode(q, k_cache, v_cache, pattern, block_size=256, backend="auto", *,
+                  scale=None, kernel_config=None, **config)
+        Decode: q ``[B, Hq, T, D]`` holds the ``T`` newest tokens, which are the
+        LAST ``T`` positions of the cache (k_cache/v_cache ``[B, Hkv, S, D]``
+        already contain them), i.e. query ``t`` sits at position ``S - T + t``.
+        Same mask as ``sparse_attention`` restricted to those rows. The Triton
+        path reads only the key blocks selected for those positions; it is for
+        inference (no gradient). For a preallocated cache pass a slice
+        ``k_cache[:, :, :length]``.
+
+``pattern`` is a name from ``lib.masks.PATTERNS`` (its config keywords go in
+``**config``, in blocks, e.g. ``window=5, sink=1``) or a bool block layout
+``[nb, nb]`` with ``nb = ceil(S / block_size)`` (blocks above the diagonal are
+ignored: token causality always applies). ``backend``: ``"auto"`` = Triton on
+CUDA, reference elsewhere; ``"triton"`` forces the Triton kernels (on CPU only
+through the interpreter, ``TRITON_INTERPRET=1`` set before triton is imported);
+``"reference"`` = ``kernels.reference`` (dense masked, float32 or higher).
+``kernel_config`` tunes the Triton tiles, e.g. ``dict(BLOCK_M=128, BLOCK_N=64,
+num_warps=8, num_stages=3)``; the defaults are the benchmarked ones.
+Bad input raises ``ValueError``/``TypeError`` before anything is launched.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+from lib import masks as _masks
+
+from .reference import reference_attention
+
+BACKENDS = ("auto", "triton", "reference")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+REFERENCE_DTYPES = TRITON_DTYPES + (torch.float64,)
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+MAX_DECODE_TOKENS = 16
+
+
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(x) for x in value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _named_layout(pattern: str, num_blocks: int, frozen_config: tuple) -> torch.Tensor:
+    return _masks.block_layout(pattern, num_blocks, **dict(frozen_config))
+
+
+def get_layout(pattern, seq_len: int, block_size: int = 256, **config) -> torch.Tensor:
+    """Causal bool block layout ``[nb, nb]`` (CPU), ``nb = ceil(seq_len / block_size)``."""
+    nb = math.ceil(seq_len / block_size)
+    if isinstance(pattern, str):
+        if pattern not in _masks.PATTERNS:
+            raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(_masks.PATTERNS)} or a bool layout")
+        _masks.resolve(pattern, **config)  # validates the config keywords
+        return _named_layout(pattern, nb, tuple(sorted((k, _freeze(v)) for k, v in config.items())))
+    if isinstance(pattern, torch.Tensor):
+        if config:
+            raise ValueError(f"config keywords {sorted(config)} only apply to a named pattern, not to a layout tensor")
+        if pattern.dtype != torch.bool or pattern.dim() != 2:
+            raise TypeError(f"a layout pattern must be a 2-D bool tensor, got dtype {pattern.dtype} and {pattern.dim()} dims")
+        if tuple(pattern.shape) != (nb, nb):
+            raise ValueError(f"layout has shape {tuple(pattern.shape)} but seq_len={seq_len} with block_size={block_size} "
+                             f"needs ({nb}, {nb}) (ceil(seq_len / block_size) blocks)")
+        return torch.tril(pattern.detach().cpu())
+    raise TypeError(f"pattern must be a name from {list(_masks.PATTERNS)} or a bool layout tensor, got {type(pattern).__name__}")
+
+
+def _check_backend(backend, device):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend='triton' on CPU needs the Triton interpreter: set TRITON_INTERPRET=1 before importing triton")
+    return backend
+
+
+def _check_tensors(q, k, v, block_size, backend, names=("q", "k", "v")):
+    for name, t in zip(names, (q, k, v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{names[1]} and {names[2]} shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"batch sizes differ: {names[0]} {q.shape[0]} vs {names[1]} {k.shape[0]}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"head dims differ: {names[0]} {q.shape[3]} vs {names[1]} {k.shape[3]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a positive multiple of key/value heads ({k.shape[1]})")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError("sequence length must be at least 1")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if backend == "triton":
+        if q.dtype not in TRITON_DTYPES:
+            raise TypeError(f"the Triton kernels take {[str(d) for d in TRITON_DTYPES]}, got {q.dtype}")
+        if q.shape[3] not in TRITON_HEAD_DIMS:
+            raise ValueError(f"the Triton kernels take head_dim in {TRITON_HEAD_DIMS}, got {q.shape[3]}")
+        if block_size < 16 or block_size & (block_size - 1):
+            raise ValueError(f"the Triton kernels need block_size a power of two >= 16, got {block_size}")
+    elif q.dtype not in REFERENCE_DTYPES:
+        raise TypeError(f"the reference takes {[str(d) for d in REFERENCE_DTYPES]}, got {q.dtype}")
+
+
+def sparse_attention(q, k, v, pattern, block_size=256, backend="auto", *, scale=None,
+                     return_lse=False, kernel_config=None, **config):
+    """Block-sparse causal attention (see the module docstring for the contract)."""
+    backend = _check_backend(backend, q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
+    _check_tensors(q, k, v, block_size, backend)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"prefill needs q and k of one length, got {q.shape[2]} and {k.shape[2]} (use sparse_decode for new tokens)")
+    layout = get_layout(pattern, q.shape[2], block_size, **config)
+    if backend == "reference":
+        return reference_attention(q, k, v, layout, block_size, scale=scale, return_lse=return_lse)
+    from .autograd import triton_sparse_attention
+
+    return triton_sparse_attention(q, k, v, layout, block_size, scale=scale, return_lse=return_lse,
+                                   kernel_config=kernel_config,
+                                   cache_key=None if isinstance(pattern, torch.Tensor) else (pattern, _freeze_config(config)))
+
+
+def sparse_decode(q, k_cache, v_cache, pattern, block_size=256, backend="auto", *, scale=None,
+                  kernel_config=None, **config):
+    """Attention of the ``T`` newest tokens (the cache's last ``T`` positions) to the cache."""
+    backend = _check_backend(backend, q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
+    _check_tensors(q, k_cache, v_cache, block_size, backend, names=("q", "k_cache", "v_cache"))
+    T, S = q.shape[2], k_cache.shape[2]
+    if T > S:
+        raise ValueError(f"q has {T} tokens but the cache only {S}: the new tokens must already be in the cache")
+    if backend == "triton" and T > MAX_DECODE_TOKENS:
+        raise ValueError(f"the Triton decode kernel takes at most {MAX_DECODE_TOKENS} new tokens, got {T} (use sparse_attention)")
+    layout = get_layout(pattern, S, block_size, **config)
+    if backend == "reference":
+        return reference_attention(q, k_cache, v_cache, layout, block_size, scale=scale, q_offset=S - T)
+    from .decode import triton_sparse_decode
+
+    return triton_sparse_decode(q, k_cache, v_cache, layout, block_size, scale=scale, kernel_config=kernel_config,
+                                cache_key=None if isinstance(pattern, torch.Tensor) else (pattern, _freeze_config(config)))
+
+
+def _freeze_config(config):
+    return tuple(sorted((k, _freeze(v)) for k, v in config.items()))
+
+
+__all__ = ["sparse_attention", "sparse_decode", "reference_attention", "get_layout", "BACKENDS"]

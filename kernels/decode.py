@@ -1,0 +1,215 @@
+"""Triton decode: a few new tokens against a long KV cache, reading only selected blocks.
+
+The new tokens are the cache's last ``T`` positions. The union of key blocks
+their layout rows select is split evenly (in ``BLOCK_N`` tiles) over
+``num_splits`` programs per key/value head; each program packs all query heads
+of the GQA group times the ``T`` tokens into the rows of one tile (one K/V read
+serves the whole group), and writes a partial softmax (normalised output and
+base-2 LSE). A second small kernel merges the splits. Time therefore follows
+the number of selected blocks, not the context length.
+
+``decode_at_position`` runs the same kernels with the position read from a
+device tensor and a fixed-length key-block list, so the launch does not depend
+on the position and one CUDA-graph capture serves every decoding step (a
+static KV cache whose slots past the position are ignored).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .plan import decode_plan, empty
+from .prefill_fwd import LOG2E
+
+DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, num_splits=0)  # 0 = auto
+
+
+@triton.jit
+def _decode_split_kernel(Q, K, V, OP, LP, BLOCKS, ALLOWED, POS,
+                         s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
+                         H_Q, H_KV, GROUP, T, S, U, NUM_SPLITS, qk_scale,
+                         BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, IEEE: tl.constexpr, POS_IN_MEMORY: tl.constexpr):
+    TILES: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid_bh // H_KV
+    hk = pid_bh % H_KV
+    rows = tl.arange(0, BLOCK_H)
+    row_ok = rows < GROUP * T
+    g = rows // T
+    t = rows % T
+    h = hk * GROUP + g
+    # Position of the newest token: the cache's end, or (graph replay) a device scalar that
+    # changes between replays while the launch stays the same; cache slots after it are ignored.
+    if POS_IN_MEMORY:
+        last = tl.minimum(tl.load(POS), S - 1)
+    else:
+        last = S - 1
+    pos = last - (T - 1) + t
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = tl.load(Q + b.to(tl.int64) * s_qb + h[:, None].to(tl.int64) * s_qh + t[:, None] * s_qs + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+
+    n_tiles = U * TILES
+    per = tl.cdiv(n_tiles, NUM_SPLITS)
+    lo = split * per
+    hi = tl.minimum(lo + per, n_tiles)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    for it in range(lo, hi):
+        j = it // TILES
+        kb = tl.load(BLOCKS + j)
+        offs_k = kb * BLOCK_SIZE + (it % TILES) * BLOCK_N + offs_n
+        kmask = offs_k <= last
+        kt = tl.load(k_base + offs_k[None, :].to(tl.int64) * s_ks + offs_d[:, None], mask=kmask[None, :], other=0.0)
+        vt = tl.load(v_base + offs_k[:, None].to(tl.int64) * s_vs + offs_d[None, :], mask=kmask[:, None], other=0.0)
+        if IEEE:
+            qk = tl.dot(q, kt, input_precision="ieee") * qk_scale
+        else:
+            qk = tl.dot(q, kt) * qk_scale
+        allowed = tl.load(ALLOWED + t * U + j, mask=row_ok, other=0) != 0
+        visible = allowed[:, None] & (offs_k[None, :] <= pos[:, None]) & kmask[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        m_i = m_new
+    nonempty = l_i > 0.0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.math.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
+    base = (pid_bh * NUM_SPLITS + split).to(tl.int64) * BLOCK_H
+    tl.store(OP + (base + rows[:, None]) * HEAD_DIM + offs_d[None, :], out)
+    tl.store(LP + base + rows, lse)
+
+
+@triton.jit
+def _decode_merge_kernel(OP, LP, O, s_ob, s_oh, s_os, H_KV, GROUP, T, NUM_SPLITS,
+                         BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr):
+    # One program per output row: all splits are loaded at once (no serial chain of loads).
+    pid_bh = tl.program_id(0)
+    r = tl.program_id(1)
+    b = pid_bh // H_KV
+    hk = pid_bh % H_KV
+    sp = tl.arange(0, SPLITS_P2)
+    offs_d = tl.arange(0, HEAD_DIM)
+    base = (pid_bh * NUM_SPLITS + sp).to(tl.int64) * BLOCK_H + r
+    ok = sp < NUM_SPLITS
+    lse = tl.load(LP + base, mask=ok, other=float("-inf"))
+    o = tl.load(OP + base[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse - m)
+    l = tl.sum(w, 0)
+    out = tl.sum(w[:, None] * o, 0) / tl.where(l > 0.0, l, 1.0)
+    h = hk * GROUP + r // T
+    t = r % T
+    tl.store(O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + t * s_os + offs_d, out.to(O.dtype.element_ty))
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def triton_sparse_decode(q, k, v, layout, block_size, *, scale=None, kernel_config=None, cache_key=None):
+    """Triton path of ``kernels.sparse_decode`` (inputs already validated)."""
+    cfg = dict(DECODE_DEFAULTS)
+    if kernel_config:
+        if not isinstance(kernel_config, dict):
+            raise TypeError(f"kernel_config must be a dict, got {type(kernel_config).__name__}")
+        unknown = set(kernel_config) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown decode kernel_config keys {sorted(unknown)}; accepted: {sorted(cfg)}")
+        cfg.update({k_: int(v_) for k_, v_ in kernel_config.items()})
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    block_n = min(cfg["BLOCK_N"], block_size)
+    if q.dtype == torch.float32 and D > 64:
+        block_n = min(block_n, 64)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    plan = decode_plan(layout, S, T, block_size, q.device,
+                       cache_key=None if cache_key is None else (cache_key, layout.shape[0]))
+    n_tiles = plan.num_blocks * (block_size // block_n)
+    splits = cfg["num_splits"] or triton.cdiv(2 * _sm_count(q.device), B * Hkv)
+    splits = max(1, min(splits, n_tiles))
+    block_h = max(16, triton.next_power_of_2(group * T))
+    op = empty(B * Hkv * splits * block_h * D, device=q.device, dtype=torch.float32)
+    lp = empty(B * Hkv * splits * block_h, device=q.device, dtype=torch.float32)
+    sm_scale = D ** -0.5 if scale is None else float(scale)
+    _decode_split_kernel[(B * Hkv, splits)](
+        q, k, v, op, lp, plan.blocks, plan.allowed, plan.blocks,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        Hq, Hkv, group, T, S, plan.num_blocks, splits, sm_scale * LOG2E,
+        BLOCK_SIZE=block_size, BLOCK_H=block_h, BLOCK_N=block_n, HEAD_DIM=D, IEEE=q.dtype == torch.float32,
+        POS_IN_MEMORY=False, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    out = empty(*q.shape, device=q.device, dtype=q.dtype)
+    _decode_merge_kernel[(B * Hkv, group * T)](op, lp, out, out.stride(0), out.stride(1), out.stride(2), Hkv, group,
+                                               T, splits, BLOCK_H=block_h, HEAD_DIM=D,
+                                               SPLITS_P2=max(2, triton.next_power_of_2(splits)), num_warps=4)
+    return out
+
+
+def decode_at_position(q, k, v, blocks, valid, pos, block_size, *, scale=None, block_n=64, num_splits=0,
+                       num_warps=4, num_stages=3):
+    """One new token per sequence at position ``pos`` (a device int tensor ``[1]``, shared by the batch).
+
+    q ``[B, Hq, 1, D]``; k, v ``[B, Hkv, S, D]``: a static cache whose slots past ``pos`` are ignored;
+    ``blocks`` int ``[M]`` key-block indices and ``valid`` bool ``[M]`` (padding entries False), both
+    on the device with a fixed ``M``, so the launch is the same at every position (CUDA-graph safe).
+    Returns ``[B, Hq, 1, D]`` in q's dtype.
+    """
+    B, Hq, T, D = q.shape
+    if T != 1:
+        raise ValueError(f"decode_at_position takes one query token per sequence, got {T}")
+    if blocks.dim() != 1 or valid.shape != blocks.shape:
+        raise ValueError(f"blocks and valid must be 1-D of equal length, got {tuple(blocks.shape)} and {tuple(valid.shape)}")
+    Hkv, S = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    block_n = min(block_n, block_size)
+    if q.dtype == torch.float32 and D > 64:
+        block_n = min(block_n, 32)
+    if block_size % block_n:
+        raise ValueError(f"block_size {block_size} must be a multiple of {block_n}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    m = blocks.numel()
+    splits = num_splits or triton.cdiv(2 * _sm_count(q.device), B * Hkv)
+    splits = max(1, min(splits, m * (block_size // block_n)))
+    block_h = max(16, triton.next_power_of_2(group))
+    op = torch.empty(B * Hkv * splits * block_h * D, device=q.device, dtype=torch.float32)
+    lp = torch.empty(B * Hkv * splits * block_h, device=q.device, dtype=torch.float32)
+    sm_scale = D ** -0.5 if scale is None else float(scale)
+    _decode_split_kernel[(B * Hkv, splits)](
+        q, k, v, op, lp, blocks, valid.to(torch.int8), pos,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        Hq, Hkv, group, 1, S, m, splits, sm_scale * LOG2E,
+        BLOCK_SIZE=block_size, BLOCK_H=block_h, BLOCK_N=block_n, HEAD_DIM=D, IEEE=q.dtype == torch.float32,
+        POS_IN_MEMORY=True, num_warps=num_warps, num_stages=num_stages)
+    out = torch.empty_like(q)
+    _decode_merge_kernel[(B * Hkv, group)](op, lp, out, out.stride(0), out.stride(1), out.stride(2), Hkv, group,
+                                           1, splits, BLOCK_H=block_h, HEAD_DIM=D,
+                                           SPLITS_P2=max(2, triton.next_power_of_2(splits)), num_warps=4)
+    return out

@@ -1,0 +1,240 @@
+"""Triton block-sparse attention vs a float64 dense reference of the same mask.
+
+Without a GPU the kernels run through Triton's interpreter (tests/conftest.py
+turns it on), so shapes are tiny: blocks of 16/32 tokens, 16-wide tiles, so a
+mask block spans several tiles. Every case draws fresh random inputs, uses a
+length that is not a multiple of the block, and poisons kernel outputs with NaN
+before the launch, so an element the kernel never writes fails the test.
+"""
+import math
+
+import pytest
+import torch
+
+import kernels
+from kernels import plan as kplan
+from kernels.reference import reference_attention
+from lib import masks
+
+SMALL_TILES = dict(fwd_BLOCK_M=16, fwd_BLOCK_N=16, dq_BLOCK_M=16, dq_BLOCK_N=16, dkdv_BLOCK_M=16, dkdv_BLOCK_N=16)
+# Small configs so the interpreter still sees several blocks per row at tiny lengths.
+CONFIGS = {
+    "full": {},
+    "sliding_window": dict(window=3, sink=1),
+    "stride_slash": dict(window=2, stride=3, sink=1),
+    "dilated": dict(window=6, dilation=1),
+    "longnet": dict(segments=(2, 4, 8), dilations=(1, 2, 4)),
+    "power": dict(window=2, sink=1),
+}
+TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
+
+
+@pytest.fixture(autouse=True)
+def poison():
+    kplan.POISON = True
+    yield
+    kplan.POISON = False
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def dense_reference(q, k, v, pattern, block_size, **config):
+    """Independent float64 check of the reference: the token mask from lib.masks, plain softmax."""
+    S = q.shape[2]
+    mask = masks.token_mask(pattern, S, block_size, **config)
+    g = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
+    s = (q.double() @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
+
+
+def make(gen, B, Hq, Hkv, S, D, dtype):
+    return [torch.randn(B, h, S, D, generator=gen).to(dtype) for h in (Hq, Hkv, Hkv)]
+
+
+@pytest.mark.parametrize("pattern", masks.PATTERNS)
+def test_reference_matches_token_mask(pattern):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = make(g, 2, 4, 2, 75, 16, torch.float64)
+    out = kernels.sparse_attention(q, k, v, pattern, 16, backend="reference", **CONFIGS[pattern])
+    torch.testing.assert_close(out, dense_reference(q, k, v, pattern, 16, **CONFIGS[pattern]), rtol=1e-10, atol=1e-10)
+    # Query chunking (used for long sequences) changes nothing.
+    lay = kernels.get_layout(pattern, 75, 16, **CONFIGS[pattern])
+    torch.testing.assert_close(reference_attention(q, k, v, lay, 16, chunk_size=16), out, rtol=1e-10, atol=1e-10)
+
+
+# (pattern, S, block_size, Hq, Hkv, D, dtype, batch): lengths never a multiple of the block.
+CASES = [
+    ("power", 149, 16, 4, 2, 16, torch.float32, 1),
+    ("power", 101, 32, 3, 1, 32, torch.float16, 2),
+    ("sliding_window", 87, 16, 2, 2, 32, torch.float32, 2),
+    ("stride_slash", 133, 16, 6, 2, 16, torch.float32, 1),
+    ("dilated", 121, 16, 2, 1, 16, torch.float16, 1),
+    ("longnet", 140, 16, 4, 4, 16, torch.float32, 1),
+    ("full", 45, 32, 2, 1, 16, torch.float32, 1),
+    ("full", 70, 16, 3, 3, 32, torch.float16, 1),
+]
+
+
+@pytest.mark.parametrize("pattern,S,bs,Hq,Hkv,D,dtype,B", CASES)
+def test_triton_forward_backward(pattern, S, bs, Hq, Hkv, D, dtype, B):
+    g = torch.Generator().manual_seed(S * 7 + bs)
+    q, k, v = make(g, B, Hq, Hkv, S, D, dtype)
+    do = torch.randn(B, Hq, S, D, generator=g).to(dtype)
+    qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+    # chunk 2: the sink's dK/dV is split over several programs; tensor-descriptor (TMA) loads on for some cases,
+    # plain pointer loads for others, so both paths of every kernel are checked.
+    tma = S % 2
+    cfg = dict(SMALL_TILES, bwd_chunk=2, fwd_tma=tma, dq_tma=tma, dkdv_tma=1 - tma)
+    out, lse = kernels.sparse_attention(qq, kk, vv, pattern, bs, backend="triton", return_lse=True,
+                                        kernel_config=cfg, **CONFIGS[pattern])
+    out.backward(do)
+    assert out.dtype == dtype and out.shape == q.shape
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    ref, ref_lse = kernels.sparse_attention(qr, kr, vr, pattern, bs, backend="reference", return_lse=True,
+                                            **CONFIGS[pattern])
+    ref.backward(do.double())
+    for got in (out, qq.grad, kk.grad, vv.grad):
+        assert torch.isfinite(got).all()
+    tol = TOL[dtype]
+    assert rel(out, ref) < tol
+    assert rel(lse, ref_lse) < tol
+    assert rel(qq.grad, qr.grad) < 2 * tol
+    assert rel(kk.grad, kr.grad) < 2 * tol
+    assert rel(vv.grad, vr.grad) < 2 * tol
+
+
+def test_tiles_independent_of_mask_block():
+    """A 32-token mask block swept as 16x16, 32x16 and 16x32 tiles gives one answer."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = make(g, 1, 2, 1, 97, 16, torch.float32)
+    ref = kernels.sparse_attention(q.double(), k.double(), v.double(), "power", 32, backend="reference", window=1)
+    for bm, bn in ((16, 16), (32, 16), (16, 32)):
+        out = kernels.sparse_attention(q, k, v, "power", 32, backend="triton", window=1,
+                                       kernel_config=dict(fwd_BLOCK_M=bm, fwd_BLOCK_N=bn))
+        assert rel(out, ref) < 1e-5, (bm, bn)
+
+
+def test_empty_rows_are_zero_not_nan():
+    """A custom layout whose query block 1 selects nothing: its rows give 0, and gradients stay finite."""
+    S, bs = 60, 16
+    layout = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+    layout[1] = False
+    layout[3, 1] = False
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (t.requires_grad_() for t in make(g, 1, 2, 1, S, 16, torch.float32))
+    out, lse = kernels.sparse_attention(q, k, v, layout, bs, backend="triton", return_lse=True, kernel_config=SMALL_TILES)
+    ref = kernels.sparse_attention(q.detach().double(), k.detach().double(), v.detach().double(), layout, bs,
+                                   backend="reference")
+    assert torch.isfinite(out).all()
+    assert (out[:, :, bs:2 * bs] == 0).all()
+    assert torch.isneginf(lse[:, :, bs:2 * bs]).all()
+    assert rel(out, ref) < 1e-5
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert (q.grad[:, :, bs:2 * bs] == 0).all()
+
+
+@pytest.mark.parametrize("pattern", masks.PATTERNS)
+@pytest.mark.parametrize("T", [1, 3])
+def test_decode_matches_reference(pattern, T):
+    # S = 97 with 16-token blocks: the 3 new tokens 94..96 straddle blocks 5 and 6.
+    S, bs, dtype = 97, 16, torch.float32
+    g = torch.Generator().manual_seed(11 + T)
+    _, k, v = make(g, 2, 6, 2, S, 16, dtype)
+    q = torch.randn(2, 6, T, 16, generator=g)
+    out = kernels.sparse_decode(q, k, v, pattern, bs, backend="triton", kernel_config=dict(BLOCK_N=16, num_splits=3),
+                                **CONFIGS[pattern])
+    ref = reference_attention(q.double(), k.double(), v.double(),
+                              kernels.get_layout(pattern, S, bs, **CONFIGS[pattern]), bs, q_offset=S - T)
+    assert torch.isfinite(out).all()
+    assert rel(out, ref) < 1e-5
+    # The decode reference is the last rows of prefill attention over the whole sequence.
+    qfull = torch.randn(2, 6, S, 16, generator=g).double()
+    qfull[:, :, -T:] = q.double()
+    full = kernels.sparse_attention(qfull, k.double(), v.double(), pattern, bs, backend="reference", **CONFIGS[pattern])
+    torch.testing.assert_close(ref, full[:, :, -T:])
+
+
+def test_decode_fp16_auto_splits():
+    g = torch.Generator().manual_seed(2)
+    _, k, v = make(g, 1, 4, 1, 200, 32, torch.float16)
+    q = torch.randn(1, 4, 2, 32, generator=g).half()
+    out = kernels.sparse_decode(q, k, v, "power", 32, backend="triton")
+    ref = kernels.sparse_decode(q.double(), k.double(), v.double(), "power", 32, backend="reference")
+    assert rel(out, ref) < 3e-3
+
+
+def test_auto_backend_on_cpu_is_reference():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = make(g, 1, 2, 1, 40, 16, torch.float32)
+    torch.testing.assert_close(kernels.sparse_attention(q, k, v, "power", 16),
+                               kernels.sparse_attention(q, k, v, "power", 16, backend="reference"))
+
+
+def _qkv(S=40, Hq=4, Hkv=2, D=16, dtype=torch.float32):
+    return torch.randn(1, Hq, S, D, dtype=dtype), torch.randn(1, Hkv, S, D, dtype=dtype), \
+        torch.randn(1, Hkv, S, D, dtype=dtype)
+
+
+@pytest.mark.parametrize("mutate,exc,words", [
+    (lambda q, k, v: (q[0], k, v), ValueError, "4-D"),
+    (lambda q, k, v: (q, k[:, :, :30], v[:, :, :30]), ValueError, "length"),
+    (lambda q, k, v: (q, k, v[:, :, :30]), ValueError, "shapes differ"),
+    (lambda q, k, v: (q[:, :3], k, v), ValueError, "multiple"),
+    (lambda q, k, v: (q, k[..., :8], v[..., :8]), ValueError, "head dims"),
+    (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "Triton kernels take"),
+    (lambda q, k, v: (q.int(), k.int(), v.int()), TypeError, "Triton kernels take"),
+    (lambda q, k, v: (q, k.half(), v), TypeError, "share a dtype"),
+    (lambda q, k, v: (q.numpy(), k, v), TypeError, "torch.Tensor"),
+    (lambda q, k, v: (q.to("meta"), k, v), ValueError, "one device"),
+    (lambda q, k, v: (torch.randn(1, 4, 40, 24), torch.randn(1, 2, 40, 24), torch.randn(1, 2, 40, 24)),
+     ValueError, "head_dim"),
+])
+def test_bad_inputs(mutate, exc, words):
+    q, k, v = mutate(*_qkv())
+    with pytest.raises(exc, match=words):
+        kernels.sparse_attention(q, k, v, "power", 16, backend="triton")
+
+
+def test_bad_pattern_layout_and_options():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="unknown pattern"):
+        kernels.sparse_attention(q, k, v, "nope", 16)
+    with pytest.raises(ValueError, match="unknown config"):
+        kernels.sparse_attention(q, k, v, "power", 16, stride=3)
+    with pytest.raises(ValueError, match=r"needs \(3, 3\)"):
+        kernels.sparse_attention(q, k, v, torch.ones(4, 4, dtype=torch.bool), 16)
+    with pytest.raises(TypeError, match="bool"):
+        kernels.sparse_attention(q, k, v, torch.ones(3, 3), 16)
+    with pytest.raises(ValueError, match="only apply to a named pattern"):
+        kernels.sparse_attention(q, k, v, torch.ones(3, 3, dtype=torch.bool), 16, window=2)
+    with pytest.raises(ValueError, match="backend"):
+        kernels.sparse_attention(q, k, v, "power", 16, backend="cuda")
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.sparse_attention(q, k, v, "power", 24, backend="triton")
+    with pytest.raises(ValueError, match="block_size"):
+        kernels.sparse_attention(q, k, v, "power", 0)
+    with pytest.raises(ValueError, match="unknown kernel_config"):
+        kernels.sparse_attention(q, k, v, "power", 16, backend="triton", kernel_config=dict(BLOCK=3))
+    with pytest.raises(ValueError, match="already be in the cache"):
+        kernels.sparse_decode(torch.randn(1, 4, 50, 16), k, v, "power", 16)
+    with pytest.raises(ValueError, match="at most"):
+        kernels.sparse_decode(q[:, :, :20], k, v, "power", 16, backend="triton")
+
+
+def test_default_kernel_config_small_blocks():
+    """The benchmarked defaults (128-wide tiles, TMA loads) capped to a 32-token block, forward and backward."""
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (t.requires_grad_() for t in make(g, 1, 4, 2, 90, 32, torch.float32))
+    out = kernels.sparse_attention(q, k, v, "power", 32, backend="triton", window=1)
+    out.backward(torch.ones_like(out))
+    qr, kr, vr = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = kernels.sparse_attention(qr, kr, vr, "power", 32, backend="reference", window=1)
+    ref.backward(torch.ones_like(ref))
+    assert rel(out, ref) < 1e-4
+    for a, b in ((q, qr), (k, kr), (v, vr)):
+        assert rel(a.grad, b.grad) < 2e-4
