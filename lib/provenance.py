@@ -33,6 +33,19 @@ def git_commit() -> str:
         return os.environ.get("POWERATTN_COMMIT", "unknown")
 
 
+def source_digest() -> str:
+    """SHA-256 over the code that produced a result (every .py under lib/ and kernels/, path and
+    content). Machines without .git (the GPU runner gets a bare copy of the tree) still record which
+    code ran; recompute it on any checkout to find the matching commit."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(p for d in ("lib", "kernels") for p in (root / d).rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def device_info() -> dict:
     info = {"host": platform.node(), "platform": platform.platform(), "python": sys.version.split()[0],
             "cpu_count": os.cpu_count()}
@@ -63,6 +76,7 @@ def versions() -> dict:
 def provenance(params: dict | None = None) -> dict:
     return {
         "commit": git_commit(),
+        "source_digest": source_digest(),
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device_info(),
         "versions": versions(),

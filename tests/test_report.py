@@ -14,6 +14,7 @@ def test_provenance_records_commit_device_versions_and_params(tmp_path):
     on_disk = json.loads((tmp_path / "nb" / "provenance.json").read_text())
     assert on_disk["parameters"] == {"seq_len": 4096} == rec["parameters"]
     assert on_disk["commit"] and "torch" in on_disk["versions"] and "device" in on_disk
+    assert len(on_disk["source_digest"]) == 16 and on_disk["source_digest"] == provenance.source_digest()
 
 
 def test_report_gathers_summaries_figures_and_provenance(tmp_path):
