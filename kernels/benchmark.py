@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lib import masks
+from lib.masks.flex import causal_mask_mod
 
 from . import get_layout, sparse_attention, sparse_decode
 from .reference import reference_attention
@@ -69,40 +70,6 @@ def measure_peaks(device="cuda") -> dict:
     t = torch.zeros(1, device=device)
     floor_us = do_bench_cudagraph(lambda: t.add_(1), rep=100, return_mode="median") * 1e3
     return dict(copy_GBps=copy_gbps, matmul_bf16_TFLOPs=tflops, kernel_floor_us=floor_us)
-
-
-def flex_block_mask(layout: torch.Tensor, seq_len: int, block_size: int, device, flex_block: int = 128):
-    """FlexAttention BlockMask of the same mask, built from the layout (no dense mask).
-
-    The layout is refined to ``flex_block`` tiles: tiles left of the diagonal are
-    *full* (no mask_mod call), diagonal tiles are *partial* with a causal
-    mask_mod, which is exact because every pattern keeps its diagonal block.
-    This is the most favourable BlockMask Flex can get for these masks.
-    """
-    from torch.nn.attention.flex_attention import BlockMask
-
-    if block_size % flex_block:
-        raise ValueError(f"block_size {block_size} must be a multiple of flex_block {flex_block}")
-    r = block_size // flex_block
-    nt = math.ceil(seq_len / flex_block)
-    fine = layout.repeat_interleave(r, 0).repeat_interleave(r, 1)[:nt, :nt]
-    eye = torch.eye(nt, dtype=torch.bool)
-    full = fine & torch.tril(torch.ones(nt, nt, dtype=torch.bool), -1)
-    partial = fine & eye
-
-    def to_idx(m):
-        cnt = m.sum(-1, dtype=torch.int32)
-        idx = torch.sort((~m).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-        return cnt[None, None].to(device), idx[None, None].contiguous().to(device)
-
-    kv_num, kv_idx = to_idx(partial)
-    full_num, full_idx = to_idx(full)
-
-    def causal(b, h, q_idx, kv_idx):
-        return q_idx >= kv_idx
-
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=flex_block, mask_mod=causal,
-                                    seq_lengths=(seq_len, seq_len))
 
 
 def _rel(a, b) -> float:
@@ -171,7 +138,8 @@ def bench_prefill(lengths, patterns, modes=("fwd", "fwd_bwd"), *, Hq=28, Hkv=4, 
                     ms = _bench(lambda: torch.autograd.backward(ours(qq, kk, vv), do))
                 add("ours", pattern, ms, pairs, bound)
                 if flex and pattern in flex_patterns:
-                    bm = flex_block_mask(layout, S, block_size, "cuda")
+                    # Causal on partial tiles: exact in compiled Flex, and its cheapest BlockMask.
+                    bm = masks.flex_block_mask(layout, S, block_size, "cuda", mask_mod=causal_mask_mod)
                     fx = lambda qq, kk, vv: flex_c(qq, kk, vv, block_mask=bm, enable_gqa=True)
                     if mode == "fwd":
                         with torch.no_grad():

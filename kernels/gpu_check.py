@@ -16,7 +16,7 @@ import torch
 from lib import masks
 
 from . import get_layout, plan, sparse_attention, sparse_decode
-from .benchmark import _bench, _rel, bench_prefill, flex_block_mask, measure_peaks, pattern_config
+from .benchmark import _bench, _rel, bench_prefill, measure_peaks, pattern_config
 from .reference import reference_attention
 
 

@@ -286,39 +286,12 @@ def _grouped_sdpa(q, k, v, mask, group):
 
 
 # ----------------------------------------------------------------------------- FlexAttention backend
-_FLEX_BLOCK = 128
-
-
 @lru_cache(maxsize=16)
 def _flex_block_mask(pattern, block_size, cfg_items, seq_len, device):
-    """BlockMask from the block layout (no seq x seq mask): full blocks skip mask_mod."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    cfg = dict(cfg_items)
-    if block_size % _FLEX_BLOCK and _FLEX_BLOCK % block_size:
-        raise ValueError(f"flex backend: block_size {block_size} must divide or be a multiple of {_FLEX_BLOCK}")
-    fb = min(block_size, _FLEX_BLOCK)
-    nb = -(-seq_len // fb)
-    # Our block of each flex block (flex blocks never straddle ours since fb divides block_size).
-    ours = torch.arange(nb) * fb // block_size
-    pred = masks.block_predicate(pattern, **cfg)(ours[:, None], ours[None, :])
-    qb, kb = torch.arange(nb)[:, None], torch.arange(nb)[None, :]
-    any_ok = pred & (qb >= kb)
-    full = pred & (qb > kb)  # strictly below the diagonal: every token pair is causal
-    partial = any_ok & ~full
-    if seq_len % fb:  # the last key block is only partly inside the sequence
-        full[:, -1] = False
-        partial[:, -1] = any_ok[:, -1]
-
-    def compress(layout):
-        counts = layout.sum(-1, dtype=torch.int32)
-        idx = torch.sort((~layout).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-        return counts[None, None].to(device), idx[None, None].contiguous().to(device)
-
-    kv_num, kv_idx = compress(partial)
-    full_num, full_idx = compress(full)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=fb,
-                                    mask_mod=masks.mask_mod(pattern, block_size, **cfg), seq_lengths=(seq_len, seq_len))
+    """The pattern's FlexAttention BlockMask for one sequence length, cached across layers and calls."""
+    layout = masks.block_layout(pattern, -(-seq_len // block_size), **dict(cfg_items))
+    return masks.flex_block_mask(layout, seq_len, block_size, device,
+                                 mask_mod=masks.mask_mod(pattern, block_size, **dict(cfg_items)))
 
 
 _compiled_flex = None

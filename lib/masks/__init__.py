@@ -11,6 +11,8 @@ Public API (used by kernels, notebooks and outside checks):
         per-query-block key-block indices and counts, the form kernels read
     token_mask(name, seq_len, block_size=256, **config)
         dense bool [seq_len, seq_len] (for small sizes: plots and tests)
+    flex_block_mask(layout, seq_len, block_size, device)
+        FlexAttention BlockMask of a layout, without a dense mask
 
 Config keywords are in blocks: ``window``, ``stride``, ``sink`` (and
 ``dilation`` for dilated, ``segments``/``dilations`` for LongNet). Defaults
@@ -26,6 +28,7 @@ import torch
 
 from . import dilated, full, longnet, power, sliding_window, stride_slash
 from ._common import check_int
+from .flex import flex_block_mask
 from .stride_slash import paper_stride
 
 _MODULES: dict[str, ModuleType] = {
@@ -148,6 +151,7 @@ __all__ = [
     "block_predicate",
     "blocks_per_row",
     "compress_layout",
+    "flex_block_mask",
     "mask_mod",
     "paper_stride",
     "resolve",
