@@ -66,8 +66,8 @@ def get_layout(pattern, seq_len: int, block_size: int = 256, **config) -> torch.
     """Causal bool block layout ``[nb, nb]`` (CPU), ``nb = ceil(seq_len / block_size)``."""
     nb = math.ceil(seq_len / block_size)
     if isinstance(pattern, str):
-        if pattern not in _masks.PATTERNS:
-            raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(_masks.PATTERNS)} or a bool layout")
+        if pattern not in _masks.NAMES:
+            raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(_masks.NAMES)} or a bool layout")
         _masks.resolve(pattern, **config)  # validates the config keywords
         return _named_layout(pattern, nb, tuple(sorted((k, _freeze(v)) for k, v in config.items())))
     if isinstance(pattern, torch.Tensor):

@@ -68,8 +68,8 @@ DECODE_PATHS = ("auto", "graph")
 def make_settings(pattern, block_size=256, backend="auto", full_layers=(), max_context=None, decode="auto",
                   **mask_config) -> dict:
     """Validated, JSON-serialisable settings stored as ``config.block_sparse``."""
-    if not isinstance(pattern, str) or pattern not in masks.PATTERNS:
-        raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(masks.PATTERNS)}")
+    if not isinstance(pattern, str) or pattern not in masks.NAMES:
+        raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(masks.NAMES)}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if backend not in BACKENDS:

@@ -2,17 +2,23 @@
 
 Public API (used by kernels, notebooks and outside checks):
 
-    PATTERNS                              names of the six patterns
+    PATTERNS                              names of the paper's six patterns
+    NAMES                                 PATTERNS + ("distance_set",), the general pattern of issue 13
+    section41_config(name, num_blocks=128)
+        the paper's Section 4.1 configuration (the one place it is written)
+    layout(name, seq_len, block_size=256, **config) -> BlockLayout
+        the single owner of block-sparse metadata (kv lists, full/partial blocks,
+        transposed lists, decode rows, device tables, FlexAttention BlockMask)
     mask_mod(name, block_size=256, **config)
         FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx) -> bool tensor``
     block_layout(name, num_blocks, **config)
         causal bool tensor [num_blocks, num_blocks] (query block x key block)
     compress_layout(layout)
-        per-query-block key-block indices and counts, the form kernels read
+        per-query-block key-block indices and counts of a bool layout
     token_mask(name, seq_len, block_size=256, **config)
         dense bool [seq_len, seq_len] (for small sizes: plots and tests)
     flex_block_mask(layout, seq_len, block_size, device)
-        FlexAttention BlockMask of a layout, without a dense mask
+        FlexAttention BlockMask of a bool layout (BlockLayout.to_flex_block_mask)
 
 Config keywords are in blocks: ``window``, ``stride``, ``sink`` (and
 ``dilation`` for dilated, ``segments``/``dilations`` for LongNet). Defaults
@@ -26,9 +32,9 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import dilated, full, longnet, power, sliding_window, stride_slash
+from . import dilated, distance_set, full, longnet, power, sliding_window, stride_slash
 from ._common import check_int
-from .flex import flex_block_mask
+from .layout import BlockLayout, _named_dense, compress_rows, frozen_config, layout
 from .stride_slash import paper_stride
 
 _MODULES: dict[str, ModuleType] = {
@@ -40,6 +46,9 @@ _MODULES: dict[str, ModuleType] = {
     "power": power,
 }
 PATTERNS: tuple[str, ...] = tuple(_MODULES)
+_MODULES["distance_set"] = distance_set
+#: Every pattern name the masks, kernels and transformers integration accept.
+NAMES: tuple[str, ...] = tuple(_MODULES)
 
 #: Human-readable names used in plots and tables.
 LABELS = {
@@ -49,13 +58,34 @@ LABELS = {
     "dilated": "Dilated",
     "longnet": "LongNet",
     "power": "PowerAttention",
+    "distance_set": "Distance set",
 }
+
+#: The paper's design geometry: 32K tokens in blocks of 256 = 128 blocks (Figure 1a, Section 4.1).
+DESIGN_BLOCKS = 128
+
+
+def section41_config(name: str, num_blocks: int = DESIGN_BLOCKS) -> dict:
+    """The Section 4.1 configuration of ``name`` (complete, validated), in blocks.
+
+    The paper gives every pattern's budget in blocks except stride slash's stride ("3 blocks of
+    slash tokens"): we take the stride that leaves 3 slash blocks in the longest row at
+    ``num_blocks`` blocks (``paper_stride``: 32 at the paper's 128 blocks). A model is designed
+    for one geometry, so experiments call this once, at their design block count, and keep the
+    config fixed at every length (training stages and evaluation alike); notebook 01 also calls
+    it per length to show how the budget would scale.
+    """
+    if name not in PATTERNS:
+        raise ValueError(f"section41_config: unknown pattern {name!r}; the paper's patterns are {list(PATTERNS)}")
+    num_blocks = check_int("num_blocks", num_blocks, 1, name)
+    extra = {"stride": paper_stride(num_blocks)} if name == "stride_slash" else {}
+    return resolve(name, **extra)[1]
 
 
 def resolve(name: str, **config) -> tuple[ModuleType, dict]:
     """Return the pattern's module and its validated, complete config."""
     if not isinstance(name, str) or name not in _MODULES:
-        raise ValueError(f"unknown pattern {name!r}; expected one of {list(PATTERNS)}")
+        raise ValueError(f"unknown pattern {name!r}; expected one of {list(NAMES)}")
     module = _MODULES[name]
     unknown = set(config) - set(module.DEFAULTS)
     if unknown:
@@ -79,26 +109,24 @@ def mask_mod(name: str, block_size: int = 256, **config) -> Callable:
     ``torch.nn.attention.flex_attention.create_block_mask``.
     """
     block_size = check_int("block_size", block_size, 1, name)
-    predicate = block_predicate(name, **config)
+    module, cfg = resolve(name, **config)
 
     def _mask_mod(b, h, q_idx, kv_idx):
         causal = q_idx >= kv_idx
-        return causal & predicate(q_idx // block_size, kv_idx // block_size)
+        return causal & module.blocks(q_idx // block_size, kv_idx // block_size, **cfg)
 
     _mask_mod.__name__ = f"{name}_mask"
     _mask_mod.pattern = name
     _mask_mod.block_size = block_size
-    _mask_mod.config = resolve(name, **config)[1]
+    _mask_mod.config = cfg
     return _mask_mod
 
 
 def block_layout(name: str, num_blocks: int, **config) -> torch.Tensor:
-    """Causal block layout: bool ``[num_blocks, num_blocks]``, rows = query blocks."""
+    """Causal block layout: bool ``[num_blocks, num_blocks]``, rows = query blocks (a fresh copy)."""
     num_blocks = check_int("num_blocks", num_blocks, 1, name)
-    predicate = block_predicate(name, **config)
-    q_blk = torch.arange(num_blocks).unsqueeze(1)
-    kv_blk = torch.arange(num_blocks).unsqueeze(0)
-    return (q_blk >= kv_blk) & predicate(q_blk, kv_blk)
+    cfg = resolve(name, **config)[1]
+    return _named_dense(name, num_blocks, frozen_config(cfg)).clone()
 
 
 def token_mask(name: str, seq_len: int, block_size: int = 256, **config) -> torch.Tensor:
@@ -109,7 +137,7 @@ def token_mask(name: str, seq_len: int, block_size: int = 256, **config) -> torc
 
 
 class CompressedLayout(NamedTuple):
-    """Per-query-block key-block lists, the form the kernels consume.
+    """Per-query-block key-block lists of a bool layout.
 
     kv_indices: int32 ``[num_q_blocks, max_count]``, ascending key-block indices,
         padded on the right with the row's last valid index (safe to load).
@@ -122,20 +150,13 @@ class CompressedLayout(NamedTuple):
 
 def compress_layout(layout: torch.Tensor) -> CompressedLayout:
     """Turn a bool ``[..., nq, nk]`` block layout into (kv_indices, kv_counts)."""
-    if not isinstance(layout, torch.Tensor) or layout.dtype != torch.bool or layout.dim() < 2:
-        raise ValueError("layout must be a bool tensor of shape [..., num_q_blocks, num_kv_blocks]")
-    counts = layout.sum(-1, dtype=torch.int32)
-    max_count = max(int(counts.max().item()) if counts.numel() else 0, 1)
-    nk = layout.shape[-1]
-    # Stable sort puts the selected key blocks first, in ascending order.
-    keys = (~layout).to(torch.int8)
-    order = torch.sort(keys, dim=-1, stable=True).indices[..., :max_count].to(torch.int32)
-    # Pad each row with its last valid index so a kernel may prefetch past the end safely.
-    pos = torch.arange(max_count, device=layout.device)
-    last = order.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
-    order = torch.where(pos < counts.unsqueeze(-1), order, last)
-    order = order.clamp(max=max(nk - 1, 0))
-    return CompressedLayout(order.contiguous(), counts.contiguous())
+    return CompressedLayout(*compress_rows(layout))
+
+
+def flex_block_mask(layout: torch.Tensor, seq_len: int, block_size: int, device, flex_block: int = 128,
+                    mask_mod=None):
+    """FlexAttention BlockMask of a bool layout: ``BlockLayout.to_flex_block_mask`` (see there)."""
+    return BlockLayout.from_bool(layout, seq_len, block_size).to_flex_block_mask(device, flex_block, mask_mod)
 
 
 def blocks_per_row(name: str, num_blocks: int, **config) -> torch.Tensor:
@@ -145,13 +166,18 @@ def blocks_per_row(name: str, num_blocks: int, **config) -> torch.Tensor:
 
 __all__ = [
     "PATTERNS",
+    "NAMES",
     "LABELS",
+    "DESIGN_BLOCKS",
+    "BlockLayout",
     "CompressedLayout",
     "block_layout",
     "block_predicate",
     "blocks_per_row",
     "compress_layout",
     "flex_block_mask",
+    "layout",
+    "section41_config",
     "mask_mod",
     "paper_stride",
     "resolve",
