@@ -34,8 +34,6 @@ Bad input raises ``ValueError``/``TypeError`` before anything is launched.
 """
 from __future__ import annotations
 
-import functools
-import math
 import os
 
 import torch
@@ -51,35 +49,24 @@ TRITON_HEAD_DIMS = (16, 32, 64, 128)
 MAX_DECODE_TOKENS = 16
 
 
-def _freeze(value):
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(x) for x in value)
-    return value
+def as_layout(pattern, seq_len: int, block_size=None, **config) -> _masks.BlockLayout:
+    """The ``BlockLayout`` for ``pattern`` at ``seq_len`` (a name, a bool ``[nb, nb]`` layout or a
+    ``BlockLayout``); names and configs are validated here, once (``lib.masks.layout``).
 
-
-@functools.lru_cache(maxsize=256)
-def _named_layout(pattern: str, num_blocks: int, frozen_config: tuple) -> torch.Tensor:
-    return _masks.block_layout(pattern, num_blocks, **dict(frozen_config))
+    ``block_size`` None means the layout's own for a ``BlockLayout``, 256 otherwise.
+    """
+    if isinstance(pattern, _masks.BlockLayout):
+        block_size = pattern.block_size if block_size is None else block_size
+    elif block_size is None:
+        block_size = 256
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    return _masks.layout(pattern, seq_len, block_size, **config)
 
 
 def get_layout(pattern, seq_len: int, block_size: int = 256, **config) -> torch.Tensor:
     """Causal bool block layout ``[nb, nb]`` (CPU), ``nb = ceil(seq_len / block_size)``."""
-    nb = math.ceil(seq_len / block_size)
-    if isinstance(pattern, str):
-        if pattern not in _masks.NAMES:
-            raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(_masks.NAMES)} or a bool layout")
-        _masks.resolve(pattern, **config)  # validates the config keywords
-        return _named_layout(pattern, nb, tuple(sorted((k, _freeze(v)) for k, v in config.items())))
-    if isinstance(pattern, torch.Tensor):
-        if config:
-            raise ValueError(f"config keywords {sorted(config)} only apply to a named pattern, not to a layout tensor")
-        if pattern.dtype != torch.bool or pattern.dim() != 2:
-            raise TypeError(f"a layout pattern must be a 2-D bool tensor, got dtype {pattern.dtype} and {pattern.dim()} dims")
-        if tuple(pattern.shape) != (nb, nb):
-            raise ValueError(f"layout has shape {tuple(pattern.shape)} but seq_len={seq_len} with block_size={block_size} "
-                             f"needs ({nb}, {nb}) (ceil(seq_len / block_size) blocks)")
-        return torch.tril(pattern.detach().cpu())
-    raise TypeError(f"pattern must be a name from {list(_masks.PATTERNS)} or a bool layout tensor, got {type(pattern).__name__}")
+    return as_layout(pattern, seq_len, block_size, **config).to_dense()
 
 
 def _check_backend(backend, device):
@@ -92,7 +79,7 @@ def _check_backend(backend, device):
     return backend
 
 
-def _check_tensors(q, k, v, block_size, backend, names=("q", "k", "v")):
+def _check_tensors(q, k, v, backend, names=("q", "k", "v")):
     for name, t in zip(names, (q, k, v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -112,57 +99,54 @@ def _check_tensors(q, k, v, block_size, backend, names=("q", "k", "v")):
         raise ValueError(f"query heads ({q.shape[1]}) must be a positive multiple of key/value heads ({k.shape[1]})")
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise ValueError("sequence length must be at least 1")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if backend == "triton":
         if q.dtype not in TRITON_DTYPES:
             raise TypeError(f"the Triton kernels take {[str(d) for d in TRITON_DTYPES]}, got {q.dtype}")
         if q.shape[3] not in TRITON_HEAD_DIMS:
             raise ValueError(f"the Triton kernels take head_dim in {TRITON_HEAD_DIMS}, got {q.shape[3]}")
-        if block_size < 16 or block_size & (block_size - 1):
-            raise ValueError(f"the Triton kernels need block_size a power of two >= 16, got {block_size}")
     elif q.dtype not in REFERENCE_DTYPES:
         raise TypeError(f"the reference takes {[str(d) for d in REFERENCE_DTYPES]}, got {q.dtype}")
 
 
-def sparse_attention(q, k, v, pattern, block_size=256, backend="auto", *, scale=None,
+def sparse_attention(q, k, v, pattern, block_size=None, backend="auto", *, scale=None,
                      return_lse=False, kernel_config=None, **config):
     """Block-sparse causal attention (see the module docstring for the contract)."""
     backend = _check_backend(backend, q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
-    _check_tensors(q, k, v, block_size, backend)
+    _check_tensors(q, k, v, backend)
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"prefill needs q and k of one length, got {q.shape[2]} and {k.shape[2]} (use sparse_decode for new tokens)")
-    layout = get_layout(pattern, q.shape[2], block_size, **config)
+    layout = as_layout(pattern, q.shape[2], block_size, **config)
+    _check_block_size(layout.block_size, backend)
     if backend == "reference":
-        return reference_attention(q, k, v, layout, block_size, scale=scale, return_lse=return_lse)
+        return reference_attention(q, k, v, layout.to_dense(), layout.block_size, scale=scale, return_lse=return_lse)
     from .autograd import triton_sparse_attention
 
-    return triton_sparse_attention(q, k, v, layout, block_size, scale=scale, return_lse=return_lse,
-                                   kernel_config=kernel_config,
-                                   cache_key=None if isinstance(pattern, torch.Tensor) else (pattern, _freeze_config(config)))
+    return triton_sparse_attention(q, k, v, layout, scale=scale, return_lse=return_lse, kernel_config=kernel_config)
 
 
-def sparse_decode(q, k_cache, v_cache, pattern, block_size=256, backend="auto", *, scale=None,
+def sparse_decode(q, k_cache, v_cache, pattern, block_size=None, backend="auto", *, scale=None,
                   kernel_config=None, **config):
     """Attention of the ``T`` newest tokens (the cache's last ``T`` positions) to the cache."""
     backend = _check_backend(backend, q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
-    _check_tensors(q, k_cache, v_cache, block_size, backend, names=("q", "k_cache", "v_cache"))
+    _check_tensors(q, k_cache, v_cache, backend, names=("q", "k_cache", "v_cache"))
     T, S = q.shape[2], k_cache.shape[2]
     if T > S:
         raise ValueError(f"q has {T} tokens but the cache only {S}: the new tokens must already be in the cache")
     if backend == "triton" and T > MAX_DECODE_TOKENS:
         raise ValueError(f"the Triton decode kernel takes at most {MAX_DECODE_TOKENS} new tokens, got {T} (use sparse_attention)")
-    layout = get_layout(pattern, S, block_size, **config)
+    layout = as_layout(pattern, S, block_size, **config)
+    _check_block_size(layout.block_size, backend)
     if backend == "reference":
-        return reference_attention(q, k_cache, v_cache, layout, block_size, scale=scale, q_offset=S - T)
+        return reference_attention(q, k_cache, v_cache, layout.to_dense(), layout.block_size, scale=scale,
+                                   q_offset=S - T)
     from .decode import triton_sparse_decode
 
-    return triton_sparse_decode(q, k_cache, v_cache, layout, block_size, scale=scale, kernel_config=kernel_config,
-                                cache_key=None if isinstance(pattern, torch.Tensor) else (pattern, _freeze_config(config)))
+    return triton_sparse_decode(q, k_cache, v_cache, layout, scale=scale, kernel_config=kernel_config)
 
 
-def _freeze_config(config):
-    return tuple(sorted((k, _freeze(v)) for k, v in config.items()))
+def _check_block_size(block_size, backend):
+    if backend == "triton" and (block_size < 16 or block_size & (block_size - 1)):
+        raise ValueError(f"the Triton kernels need block_size a power of two >= 16, got {block_size}")
 
 
-__all__ = ["sparse_attention", "sparse_decode", "reference_attention", "get_layout", "BACKENDS"]
+__all__ = ["sparse_attention", "sparse_decode", "reference_attention", "as_layout", "get_layout", "BACKENDS"]

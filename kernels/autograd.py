@@ -6,7 +6,7 @@ import math
 import torch
 import triton
 
-from .plan import empty, prefill_plan
+from .plan import empty
 from .prefill_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
 from .prefill_fwd import LOG2E, _fwd_kernel
 
@@ -67,13 +67,14 @@ def _tma_ok(*tensors) -> bool:
 
 
 def forward(q, k, v, plan, block_size, sm_scale, cfg):
+    """``plan``: the layout's ``DeviceTables`` (``BlockLayout.tables``)."""
     B, Hq, S, D = q.shape
     use_tma = bool(cfg["tma"]) and _tma_ok(q, k, v)
     Hkv = k.shape[1]
     o = empty(*q.shape, device=q.device, dtype=q.dtype)
     lse2 = empty(B, Hq, S, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(S, cfg["BLOCK_M"]), B * Hq)
-    _fwd_kernel[grid](q, k, v, o, lse2, plan.kv_indices, plan.kv_counts,
+    _fwd_kernel[grid](q, k, v, o, lse2, plan.kv_indices, plan.kv_counts, plan.kv_full_counts,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                       plan.kv_indices.stride(0), Hq, Hq // Hkv, S, sm_scale * LOG2E,
@@ -96,7 +97,7 @@ def backward(do, q, k, v, o, lse2, plan, block_size, sm_scale, cfg_dq, cfg_kv):
     ieee = q.dtype == torch.float32
     tma_ok = _tma_ok(q, k, v, do)
     _bwd_dq_kernel[(triton.cdiv(S, cfg_dq["BLOCK_M"]), B * Hq)](
-        q, k, v, do, dq, lse2, delta, plan.kv_indices, plan.kv_counts, *strides,
+        q, k, v, do, dq, lse2, delta, plan.kv_indices, plan.kv_counts, plan.kv_full_counts, *strides,
         plan.kv_indices.stride(0), Hq, Hq // Hkv, S, sm_scale * LOG2E, sm_scale,
         BLOCK_SIZE=block_size, BLOCK_M=cfg_dq["BLOCK_M"], BLOCK_N=cfg_dq["BLOCK_N"], HEAD_DIM=D, IEEE=ieee,
         USE_TMA=bool(cfg_dq["tma"]) and tma_ok,
@@ -127,17 +128,15 @@ class _SparseAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def triton_sparse_attention(q, k, v, layout, block_size, *, scale=None, return_lse=False, kernel_config=None,
-                            cache_key=None):
-    """Triton path of ``kernels.sparse_attention`` (inputs already validated)."""
+def triton_sparse_attention(q, k, v, layout, *, scale=None, return_lse=False, kernel_config=None):
+    """Triton path of ``kernels.sparse_attention`` (inputs already validated; ``layout`` a ``BlockLayout``)."""
     kc = _check_config(kernel_config)
     D = q.shape[-1]
+    block_size = layout.block_size
     cfgs = (_tiles(FWD_DEFAULTS, kc, "fwd_", block_size, D, q.dtype),
             _tiles(DQ_DEFAULTS, kc, "dq_", block_size, D, q.dtype),
             _tiles(DKDV_DEFAULTS, kc, "dkdv_", block_size, D, q.dtype))
-    chunk = int(kc.get("bwd_chunk", BWD_CHUNK))
-    plan = prefill_plan(layout, q.device, chunk=chunk,
-                        cache_key=None if cache_key is None else (cache_key, block_size))
+    plan = layout.tables(q.device, chunk=int(kc.get("bwd_chunk", BWD_CHUNK)))
     sm_scale = D ** -0.5 if scale is None else float(scale)
     q, k, v = _contig(q), _contig(k), _contig(v)
     o, lse2 = _SparseAttention.apply(q, k, v, plan, block_size, sm_scale, cfgs)

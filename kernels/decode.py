@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .plan import decode_plan, empty
+from .plan import empty
 from .prefill_fwd import LOG2E
 
 DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, num_splits=0)  # 0 = auto
@@ -127,8 +127,9 @@ def _sm_count(device) -> int:
     return 2
 
 
-def triton_sparse_decode(q, k, v, layout, block_size, *, scale=None, kernel_config=None, cache_key=None):
-    """Triton path of ``kernels.sparse_decode`` (inputs already validated)."""
+def triton_sparse_decode(q, k, v, layout, *, scale=None, kernel_config=None):
+    """Triton path of ``kernels.sparse_decode`` (inputs already validated; ``layout`` a ``BlockLayout``)."""
+    block_size = layout.block_size
     cfg = dict(DECODE_DEFAULTS)
     if kernel_config:
         if not isinstance(kernel_config, dict):
@@ -149,8 +150,7 @@ def triton_sparse_decode(q, k, v, layout, block_size, *, scale=None, kernel_conf
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
-    plan = decode_plan(layout, S, T, block_size, q.device,
-                       cache_key=None if cache_key is None else (cache_key, layout.shape[0]))
+    plan = layout.decode_plan(T, q.device)
     n_tiles = plan.num_blocks * (block_size // block_n)
     splits = cfg["num_splits"] or triton.cdiv(2 * _sm_count(q.device), B * Hkv)
     splits = max(1, min(splits, n_tiles))

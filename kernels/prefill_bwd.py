@@ -34,7 +34,7 @@ def _dota(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT,
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, KV_FULL,
                    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
                    s_idx, H_Q, GROUP, S, qk_scale, sm_scale,
                    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -68,10 +68,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT,
                                            block_shape=[BLOCK_N, HEAD_DIM])
 
     count = tl.load(KV_CNT + qb)
+    n_full = tl.load(KV_FULL + qb)  # full key blocks first, then the diagonal (partial) one
     idx_row = KV_IDX + qb * s_idx
-    last = tl.load(idx_row + tl.maximum(count - 1, 0))
-    has_diag = (count > 0) & (last == qb)
-    n_full = count - has_diag.to(tl.int32)
+    has_diag = count > n_full
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     for it in range(0, n_full * TILES):

@@ -45,7 +45,7 @@ def _load_kv(k_base, v_base, k_desc, v_desc, offs_k, offs_d, s_ks, s_vs, start_n
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT,
+def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_FULL,
                 s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh, s_os,
                 s_idx, H_Q, GROUP, S, qk_scale,
                 BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -74,11 +74,11 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT,
         v_desc = v_base
     q = tl.load(q_base + offs_m[:, None].to(tl.int64) * s_qs + offs_d[None, :], mask=offs_m[:, None] < S, other=0.0)
 
+    # The layout lists full key blocks first, then the partial one (the diagonal: causal / sequence tail).
     count = tl.load(KV_CNT + qb)
+    n_full = tl.load(KV_FULL + qb)
     idx_row = KV_IDX + qb * s_idx
-    last = tl.load(idx_row + tl.maximum(count - 1, 0))
-    has_diag = (count > 0) & (last == qb)
-    n_full = count - has_diag.to(tl.int32)
+    has_diag = count > n_full
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

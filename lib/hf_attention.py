@@ -66,8 +66,12 @@ DECODE_PATHS = ("auto", "graph")
 
 
 def make_settings(pattern, block_size=256, backend="auto", full_layers=(), max_context=None, decode="auto",
-                  **mask_config) -> dict:
-    """Validated, JSON-serialisable settings stored as ``config.block_sparse``."""
+                  graph_kernel=True, **mask_config) -> dict:
+    """Validated, JSON-serialisable settings stored as ``config.block_sparse``.
+
+    ``graph_kernel``: on CUDA, the position-independent decode path reads the key blocks with the
+    split-KV Triton kernel (True) or gathers them for SDPA (False, e.g. if the kernel check fails).
+    """
     if not isinstance(pattern, str) or pattern not in masks.NAMES:
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {list(masks.NAMES)}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -82,8 +86,10 @@ def make_settings(pattern, block_size=256, backend="auto", full_layers=(), max_c
         raise ValueError(f"full_layers must be non-negative layer indices, got {full_layers}")
     if max_context is not None and (not isinstance(max_context, int) or max_context < 1):
         raise ValueError(f"max_context must be a positive integer or None, got {max_context!r}")
+    if not isinstance(graph_kernel, bool):
+        raise ValueError(f"graph_kernel must be True or False, got {graph_kernel!r}")
     return dict(pattern=pattern, block_size=block_size, backend=backend, full_layers=list(full_layers),
-                max_context=max_context, decode=decode, mask_config=cfg)
+                max_context=max_context, decode=decode, graph_kernel=graph_kernel, mask_config=cfg)
 
 
 def _settings(module) -> dict:
@@ -135,12 +141,13 @@ def block_sparse_attention_forward(module, query, key, value, attention_mask, sc
     if getattr(module, "layer_idx", None) in set(s["full_layers"]):
         pattern = "full"
     out = sparse_attention_at(query, key, value, pattern, s["block_size"], s["backend"], s["mask_config"],
-                              positions=kwargs.get("position_ids"), scale=scaling, decode=s.get("decode", "auto"))
+                              positions=kwargs.get("position_ids"), scale=scaling, decode=s.get("decode", "auto"),
+                              graph_kernel=s.get("graph_kernel", True))
     return out.transpose(1, 2).contiguous(), None
 
 
 def sparse_attention_at(q, k, v, pattern, block_size, backend, mask_config, positions=None, scale=None,
-                        decode="auto"):
+                        decode="auto", graph_kernel=True):
     """Attention of queries at absolute ``positions`` over keys at positions 0..Skv-1.
 
     ``positions``: [B, Sq] or [Sq] int tensor (transformers' position_ids), or
@@ -163,7 +170,7 @@ def sparse_attention_at(q, k, v, pattern, block_size, backend, mask_config, posi
                                block_size, mask_config)
     if positions is None:
         positions = torch.full((1,), kv_len - 1, device=q.device, dtype=torch.long)
-    return _decode(q, k, v, positions, pattern, block_size, backend, mask_config, decode)
+    return _decode(q, k, v, positions, pattern, block_size, backend, mask_config, decode, graph_kernel)
 
 
 def _prefill(q, k, v, pattern, block_size, backend, cfg):
@@ -187,35 +194,7 @@ def _rows_reference(q, k, v, start, pattern, block_size, cfg):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _frozen(cfg):
-    """Hashable form of a mask config (lists, e.g. LongNet's segments after a JSON round trip, become tuples)."""
-    return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()))
-
-
-@lru_cache(maxsize=64)
-def _max_blocks_per_row(pattern, num_blocks, cfg_items):
-    cfg = dict(cfg_items)
-    return int(masks.blocks_per_row(pattern, num_blocks, **cfg).max())
-
-
-def decode_block_indices(pos, pattern, block_size, num_blocks, cfg):
-    """Key blocks of the query at absolute position ``pos`` (a 0-dim/1-elt tensor): fixed-size.
-
-    Returns (block_idx int64 [M], valid bool [M]); M is the pattern's largest
-    row budget over ``num_blocks`` blocks, so shapes never depend on ``pos``
-    (CUDA-graph and torch.compile friendly).
-    """
-    m = _max_blocks_per_row(pattern, num_blocks, _frozen(cfg))
-    q_blk = (pos.reshape(()) // block_size).long()
-    kv_blk = torch.arange(num_blocks, device=pos.device)
-    row = (kv_blk <= q_blk) & masks.block_predicate(pattern, **cfg)(q_blk, kv_blk)
-    order = torch.sort((~row).to(torch.int8), stable=True).indices[:m]
-    return order, row[order]
-
-
 _index_memo: list = [None, None]  # (key, value): the step's key blocks, shared by all layers
-#: Set False to route the position-independent decode through gather + SDPA instead of the Triton kernel.
-USE_GRAPH_KERNEL = True
 
 
 def _step_blocks(positions, pos, kv_len, pattern, block_size, cfg):
@@ -228,21 +207,20 @@ def _step_blocks(positions, pos, kv_len, pattern, block_size, cfg):
     except RuntimeError:  # inference-mode tensors carry no version: no reuse
         version = None
     key = (positions.untyped_storage().data_ptr(), positions.storage_offset(), version, kv_len, pattern,
-           block_size, _frozen(cfg))
+           block_size, masks.frozen_config(cfg))
     memo = _index_memo[0]
     if version is not None and memo is not None and memo[1:] == key:
         return _index_memo[1]
-    num_blocks = -(-kv_len // block_size)
     if pattern == "full":
-        blk = torch.arange(num_blocks, device=pos.device)
+        blk = torch.arange(-(-kv_len // block_size), device=pos.device)
         valid = blk <= pos.reshape(()) // block_size
-    else:
-        blk, valid = decode_block_indices(pos, pattern, block_size, num_blocks, cfg)
+    else:  # the layout of the whole (static) cache; its rows, gathered on the device
+        blk, valid = masks.layout(pattern, kv_len, block_size, **cfg).decode_rows(pos)
     _index_memo[:] = [(positions,) + key, (blk, valid)]  # positions: held only to pin its storage
     return blk, valid
 
 
-def _decode(q, k, v, positions, pattern, block_size, backend, cfg, path="auto"):
+def _decode(q, k, v, positions, pattern, block_size, backend, cfg, path="auto", graph_kernel=True):
     """One query per sequence at absolute position ``positions[0]`` (shared across the batch).
 
     path "auto", outside graph capture / compile, with a kernels backend:
@@ -266,7 +244,7 @@ def _decode(q, k, v, positions, pattern, block_size, backend, cfg, path="auto"):
         mask = (torch.arange(kv_len, device=q.device) <= pos)[None, None, None, :]
         return _grouped_sdpa(q, k, v, mask, group)
     blk, valid = _step_blocks(positions, pos, kv_len, pattern, block_size, cfg)
-    if q.is_cuda and USE_GRAPH_KERNEL and q.shape[2] == 1:
+    if q.is_cuda and graph_kernel and q.shape[2] == 1:
         from kernels.decode import decode_at_position
 
         return decode_at_position(q, k, v, blk, valid, pos, block_size)
@@ -286,29 +264,20 @@ def _grouped_sdpa(q, k, v, mask, group):
 
 
 # ----------------------------------------------------------------------------- FlexAttention backend
-@lru_cache(maxsize=16)
-def _flex_block_mask(pattern, block_size, cfg_items, seq_len, device):
-    """The pattern's FlexAttention BlockMask for one sequence length, cached across layers and calls."""
-    layout = masks.block_layout(pattern, -(-seq_len // block_size), **dict(cfg_items))
-    return masks.flex_block_mask(layout, seq_len, block_size, device,
-                                 mask_mod=masks.mask_mod(pattern, block_size, **dict(cfg_items)))
+@lru_cache(maxsize=1)
+def _compiled_flex_attention():
+    """FlexAttention compiled once per process (eager Flex materialises every score)."""
+    from torch.nn.attention.flex_attention import flex_attention
 
-
-_compiled_flex = None
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def flex_sparse_attention(q, k, v, pattern, block_size=256, **cfg):
     """Prefill through torch's FlexAttention with the pattern's BlockMask (compiled on GPU)."""
-    global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    cfg = masks.resolve(pattern, **cfg)[1]
-    block_mask = _flex_block_mask(pattern, block_size, _frozen(cfg), q.shape[2], q.device)
-    fn = flex_attention
-    if q.is_cuda:
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        fn = _compiled_flex
+    block_mask = masks.layout(pattern, q.shape[2], block_size, **cfg).to_flex_block_mask(q.device)
+    fn = _compiled_flex_attention() if q.is_cuda else flex_attention
     return fn(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -334,7 +303,7 @@ def register() -> None:
 
 
 def use_sparse_attention(model, pattern, block_size=256, backend="auto", full_layers=(), max_context=None,
-                         decode="auto", **mask_config):
+                         decode="auto", graph_kernel=True, **mask_config):
     """Switch a loaded transformers model to block-sparse attention with ``pattern``; returns the model.
 
     ``full_layers``: layer indices kept dense (see ``hybrid_full_layers``).
@@ -355,7 +324,8 @@ def use_sparse_attention(model, pattern, block_size=256, backend="auto", full_la
         )
     if max_context is None:
         max_context = getattr(config, "max_position_embeddings", None)
-    settings = make_settings(pattern, block_size, backend, full_layers, max_context, decode, **mask_config)
+    settings = make_settings(pattern, block_size, backend, full_layers, max_context, decode, graph_kernel,
+                             **mask_config)
     num_layers = getattr(config, "num_hidden_layers", None)
     if num_layers is not None and any(i >= num_layers for i in settings["full_layers"]):
         raise ValueError(f"full_layers {settings['full_layers']} out of range for {num_layers} layers")
@@ -371,7 +341,6 @@ __all__ = [
     "BACKENDS",
     "block_sparse_attention_forward",
     "block_sparse_mask",
-    "decode_block_indices",
     "flex_sparse_attention",
     "hybrid_full_layers",
     "make_settings",
@@ -393,9 +362,10 @@ def check_decode_kernel(device="cuda", dtype=torch.bfloat16, batch=2, heads=(28,
     k = torch.randn(batch, heads[1], seq, head_dim, generator=g).to(device, dtype)
     v = torch.randn(batch, heads[1], seq, head_dim, generator=g).to(device, dtype)
     errs = []
+    lay = masks.layout(pattern, seq, block_size, **cfg)
     for p in (seq - 1, seq // 2 + 7, block_size - 1, 3):
         pos = torch.tensor([p], device=device)
-        blocks, valid = decode_block_indices(pos, pattern, block_size, -(-seq // block_size), cfg)
+        blocks, valid = lay.decode_rows(pos)
         out = decode_at_position(q, k, v, blocks, valid, pos, block_size)
         ref = reference_decode_at_position(q, k, v, blocks, valid, pos, block_size)
         if not torch.isfinite(out).all():

@@ -31,9 +31,8 @@ TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 
 @pytest.fixture(autouse=True)
 def poison():
-    kplan.POISON = True
-    yield
-    kplan.POISON = False
+    with kplan.poisoned_outputs():
+        yield
 
 
 def rel(a, b):

@@ -100,7 +100,9 @@ class BlockLayout:
         self.block_size = block_size
         self.pattern = pattern
         self._config = dict(config or {})
-        self._tables: dict = {}
+        self._tables: dict = {}   # (device, chunk) -> DeviceTables
+        self._decode: dict = {}   # (num_tokens, device) -> DecodePlan
+        self._flex: dict = {}     # (device, flex_block) -> BlockMask (default mask_mod only)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -302,6 +304,12 @@ class BlockLayout:
     def decode_plan(self, num_tokens: int, device=None) -> DecodePlan:
         """Key blocks of the last ``num_tokens`` positions (host form, moved to ``device``)."""
         num_tokens = check_int("num_tokens", num_tokens, 1, "BlockLayout.decode_plan")
+        key = (num_tokens, None if device is None else str(torch.device(device)))
+        if key not in self._decode:  # every layer of a decoding step asks for the same plan
+            self._decode[key] = self._decode_plan(num_tokens, device)
+        return self._decode[key]
+
+    def _decode_plan(self, num_tokens: int, device) -> DecodePlan:
         if num_tokens > self.seq_len:
             raise ValueError(f"{num_tokens} new tokens but the layout covers only {self.seq_len}")
         qblk = torch.arange(self.seq_len - num_tokens, self.seq_len) // self.block_size
@@ -343,6 +351,9 @@ class BlockLayout:
         from torch.nn.attention.flex_attention import BlockMask
 
         flex_block = check_int("flex_block", flex_block, 1, "to_flex_block_mask")
+        key = (str(torch.device(device)), flex_block)
+        if mask_mod is None and key in self._flex:
+            return self._flex[key]
         bs, S = self.block_size, self.seq_len
         if bs % flex_block and flex_block % bs:
             raise ValueError(f"to_flex_block_mask: block_size {bs} and flex_block {flex_block} must divide one another")
@@ -356,13 +367,18 @@ class BlockLayout:
         if S % fb:  # the last key tile is only partly inside the sequence
             partial[:, -1] |= full[:, -1]
             full[:, -1] = False
-        if mask_mod is None:
+        default = mask_mod is None
+        if default:
             mask_mod = self.mask_mod(device)
-        kv_idx, kv_num = compress_rows(partial)
-        full_idx, full_num = compress_rows(full)
-        return BlockMask.from_kv_blocks(kv_num[None, None].to(device), kv_idx[None, None].to(device),
-                                        full_num[None, None].to(device), full_idx[None, None].to(device),
-                                        BLOCK_SIZE=fb, mask_mod=mask_mod, seq_lengths=(S, S))
+        # Flex reads the number of key tiles off the index width: keep all nt columns.
+        kv_idx, kv_num = compress_rows(partial, max_count=nt)
+        full_idx, full_num = compress_rows(full, max_count=nt)
+        block_mask = BlockMask.from_kv_blocks(kv_num[None, None].to(device), kv_idx[None, None].to(device),
+                                              full_num[None, None].to(device), full_idx[None, None].to(device),
+                                              BLOCK_SIZE=fb, mask_mod=mask_mod, seq_lengths=(S, S))
+        if default:
+            self._flex[key] = block_mask
+        return block_mask
 
 
 @functools.lru_cache(maxsize=128)
