@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lib.receptive_field import UNREACHABLE, distances
 from lib.stats import wilson_interval
-from lib.train import autocast, causal_lm_loss
+from lib.train import autocast, sequence_nll
 
 
 @torch.no_grad()
@@ -30,15 +30,13 @@ def perplexity(model, windows, *, batch_size: int = 8, device=None, progress: bo
     windows = torch.as_tensor(np.asarray(windows), dtype=torch.long)
     n, L = windows.shape
     model.eval()
-    total, count = 0.0, 0
+    per_window = []
     for s in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, mininterval=5.0):
         ids = windows[s:s + batch_size].to(device)
-        w = torch.ones(ids.shape, device=device)
-        with autocast(device):
-            total += float(causal_lm_loss(model, ids, w))
-        count += ids.shape[0] * (L - 1)
-    nll = total / count
-    return dict(ppl=math.exp(nll), nll=nll, tokens=count, windows=n, seq_len=L)
+        with autocast(device):  # one loss per window (for paired comparisons across patterns)
+            per_window += sequence_nll(model, ids).tolist()
+    nll = float(np.mean(per_window))
+    return dict(ppl=math.exp(nll), nll=nll, tokens=n * (L - 1), windows=n, seq_len=L, window_nll=per_window)
 
 
 @torch.no_grad()

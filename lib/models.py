@@ -147,11 +147,19 @@ def _load_smollm2(dtype, cache: bool):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         return model, AutoTokenizer.from_pretrained(folder)
     model, tokenizer = load_gguf(gguf_path, dtype=torch.float32)
-    if cache:
+    if cache:  # a converted copy makes later loads fast; failing to write it costs only speed
+        import shutil
+        import warnings
+
         tmp = folder.with_suffix(".tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(folder) if not folder.exists() else None
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if not folder.exists():
+                tmp.rename(folder)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"could not cache the converted model in {folder}: {type(e).__name__}: {e}")
     return model.to(dtype), tokenizer
 
 

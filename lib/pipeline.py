@@ -352,11 +352,11 @@ class Runner:
                     seq_len=pc["seq_len"], features=str(stem.with_suffix(".features.npy")), shape=list(feats.shape))
 
     # -- orchestration
-    def run(self) -> dict:
+    def run(self, status: dict | None = None) -> dict:
         """Round r trains and scores every pattern's r-th seed (round 0 also does the zero-shot, continued
         pretraining and probing units), so an interrupted run has the most seeds for the most patterns."""
         cfg = self.cfg
-        status = {}
+        status = {} if status is None else status
         base_units = ("ppl-base", "zeroshot", "cpt", "ppl-cpt")
         rounds = max(len(seeds_for(cfg, p)) for p in cfg["patterns"])
         for r in range(rounds):
@@ -598,15 +598,37 @@ def run(params: dict, work, artifacts, budget_s: float | None = None, progress: 
     """Run (or resume) the pipeline for ``params`` until done or ``budget_s`` seconds; returns per-unit seconds."""
     cfg = config(params)
     deadline = None if budget_s is None else time.monotonic() + budget_s
+    t0 = time.monotonic()
     runner = Runner(cfg, work, artifacts, deadline, progress, device, log)
     _write_unit(Path(artifacts), "_run/config", dict(cfg=cfg, digest=params_digest(cfg), unit_ids=unit_ids(cfg)))
+    status, complete, error = {}, False, None
     try:
-        status = runner.run()
+        status = runner.run(status)
         complete = True
     except TimeBudgetExceeded as e:
         log(f"budget reached: {e}")
-        status, complete = {}, False
+    except Exception as e:  # keep the record of what finished, then fail loudly
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        _record_call(Path(artifacts), runner, status, time.monotonic() - t0, budget_s, error)
     return dict(status=status, complete=complete and all(done(artifacts, u) for u in unit_ids(cfg)))
+
+
+def _record_call(artifacts: Path, runner, status, seconds, budget_s, error):
+    """``_run/provenance``: the model, the code (source digest), the machine of every call, GPU seconds."""
+    from lib.provenance import device_info, source_digest, versions
+
+    path = _unit_file(artifacts, "_run/provenance")
+    prev = json.loads(path.read_text())["data"] if path.exists() else {"calls": []}
+    m = runner.model.config
+    prev.update(model=runner.cfg["model"], num_layers=m.num_hidden_layers, hidden_size=m.hidden_size,
+                heads=[m.num_attention_heads, m.num_key_value_heads], source_digest=source_digest(),
+                commit=os.environ.get("POWERATTN_COMMIT", "unknown"))
+    prev["calls"].append(dict(utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), seconds=round(seconds, 1),
+                              budget_s=budget_s, device=device_info(), versions=versions(),
+                              units=status, error=error, source_digest=source_digest()))
+    _write_unit(artifacts, "_run/provenance", dict(unit="_run/provenance", data=prev))
 
 
 def main(argv=None):

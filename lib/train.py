@@ -109,6 +109,19 @@ def causal_lm_loss(model, input_ids: torch.Tensor, loss_weights: torch.Tensor | 
     return total
 
 
+@torch.no_grad()
+def sequence_nll(model, input_ids: torch.Tensor, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean next-token loss of each row (float32 ``[B]``), one forward pass, logits in chunks."""
+    B, L = input_ids.shape
+    backbone = getattr(model, model.base_model_prefix)
+    h = backbone(input_ids=input_ids).last_hidden_state[:, :-1].reshape(-1, model.config.hidden_size)
+    targets = input_ids[:, 1:].reshape(-1)
+    head = model.get_output_embeddings()
+    ce = torch.cat([F.cross_entropy(head(h[s:s + chunk_tokens]).float(), targets[s:s + chunk_tokens], reduction="none")
+                    for s in range(0, h.shape[0], chunk_tokens)])
+    return ce.view(B, L - 1).mean(1)
+
+
 def make_optimizer(model, schedule: TrainSchedule):
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -192,4 +205,4 @@ def train_loop(model, batch_fn, schedule: TrainSchedule, *, device, run_key: str
 
 
 __all__ = ["LOSS_CHUNK_TOKENS", "TimeBudgetExceeded", "TrainSchedule", "autocast", "causal_lm_loss",
-           "make_optimizer", "train_loop"]
+           "make_optimizer", "sequence_nll", "train_loop"]
