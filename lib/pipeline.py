@@ -61,6 +61,9 @@ DEFAULTS = dict(
     long=dict(seq_len=16384, patterns=["power", "stride_slash"], samples=128, rope_factor=2.0),
     probing=dict(enabled=False, seq_len=4096, n=1200, untrained=["full", "sliding_window", "power"],
                  trained=["sliding_window", "power"], folds=5, jobs=-1, batch_size=8),
+    ruler=dict(enabled=False, lengths=[1024, 2048, 4096, 8192], n=100, tasks=None, seeds=[0], eval_seed=4321,
+               ft=dict(seq_len=4096, steps=60, batch=8, lr=3e-5, warmup=5), hybrid_every=7, hybrid_full=2,
+               haystack_works=8, batch_size=8),
     train=True,
     micro_batch_tokens=65536,
     eval_batch_tokens=65536,
@@ -146,6 +149,10 @@ def unit_ids(cfg: dict) -> list[str]:
     if cfg["probing"]["enabled"]:
         ids += [f"probe/{p}/untrained" for p in cfg["probing"]["untrained"]]
         ids += [u.replace("probe/", "probefit/") for u in ids if u.startswith("probe/")]
+    if cfg["ruler"]["enabled"] and cfg["train"]:
+        for s in cfg["ruler"]["seeds"]:
+            for p in cfg["patterns"]:
+                ids += [f"ruler-ft/{p}/s{s}", f"ruler/{p}/s{s}"]
     return ids
 
 
@@ -374,11 +381,50 @@ class Runner:
                     if uid.startswith("probe/") and uid.endswith("/untrained") and not done(self.artifacts, uid):
                         p = uid.split("/")[1]
                         self._timed(uid, status, lambda: self._untrained_probe(p))
+        if cfg["ruler"]["enabled"] and cfg["train"]:
+            for s in cfg["ruler"]["seeds"]:
+                for p in cfg["patterns"]:
+                    if not done(self.artifacts, f"ruler/{p}/s{s}"):
+                        self._ruler(p, s, status)
         if cfg["probing"]["enabled"]:  # fit what the background fitter has not (waiting for its running fits)
             wait = 3600.0 if self.deadline is None else max(0.0, self.deadline - time.monotonic())
             fitted = fit_probes(self.work, self.artifacts, cfg["probing"]["folds"], cfg["probing"]["jobs"], wait)
             status.update({u: "fitted" for u in fitted})
         return status
+
+    def _ruler(self, p, seed, status):
+        """Section 4.4: fine-tune the continued-pretrained model with the hybrid layout on RULER-style training
+        rows (training works as haystacks), then score held-out prompts (held-out works as haystacks)."""
+        from lib import ruler_eval
+        from lib.data import ruler as R
+
+        rc = self.cfg["ruler"]
+        full_layers = hf_attention.hybrid_full_layers(self.model.config.num_hidden_layers, rc["hybrid_every"],
+                                                      rc["hybrid_full"])
+        train_docs, heldout = self._corpus()
+        tasks = list(rc["tasks"] or R.TASKS)
+        train_tasks = [t for t in tasks if not t.startswith("qa_")]  # QA data needs the hub
+        path = self.work / f"ruler-{p}-s{seed}.pt"
+        if not done(self.artifacts, f"ruler-ft/{p}/s{seed}") or not path.exists():
+            self.load_state(self.work / f"cpt-{p}.pt")
+            self.set_pattern(p, full_layers)
+            ft = rc["ft"]
+            sched = TrainSchedule(steps=ft["steps"], lr=ft["lr"], warmup=ft["warmup"], decay="cosine")
+            batches = ruler_eval.finetune_batches(self.tokenizer, train_tasks, ft["seq_len"], ft["batch"], seed,
+                                                  haystack=train_docs[: rc["haystack_works"]])
+            self._timed(f"ruler-ft/{p}/s{seed}", status, lambda: dict(full_layers=list(full_layers), history=train_loop(
+                self.model, batches, sched, device=self.device, run_key=f"ruler-ft/{p}/s{seed}/{self.digest}",
+                checkpoint=self.work / f"partial-ruler-{p}-s{seed}.pt", save_every_s=self.cfg["save_every_s"],
+                deadline=self.deadline, micro_batch_tokens=self.cfg["micro_batch_tokens"], progress=self.progress,
+                desc=f"ruler-ft {p} s{seed}")))
+            self.save_state(path)
+        else:
+            self.load_state(path)
+        self.set_pattern(p, full_layers)
+        self._timed(f"ruler/{p}/s{seed}", status, lambda: dict(full_layers=list(full_layers), records=ruler_eval.evaluate(
+            self.model, self.tokenizer, tasks=tasks, lengths=rc["lengths"], n=rc["n"], seed=rc["eval_seed"] + seed,
+            haystack=heldout, batch_size=rc["batch_size"], progress=self.progress)))
+        self.set_pattern(p)
 
     def _untrained_probe(self, p):
         self.load_state(self.base_state)
