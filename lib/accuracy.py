@@ -431,6 +431,91 @@ def figure1b_claims(run: Run) -> list[dict]:
     return out
 
 
+# ----------------------------------------------------------------------------- Figures 5 and 7 (probing)
+PAPER_FINAL = {("power", "untrained"): 0.56, ("power", "trained"): 1.00, ("sliding_window", "untrained"): 0.48,
+               ("sliding_window", "trained"): 0.37}
+SPREAD_MIN_BLOCKS = 8
+TRAIN_GAIN = 0.10
+TRAIN_DROP = 0.05
+
+
+def probe_grids(run: Run) -> dict:
+    """``{(pattern, "trained"|"untrained"): accuracy grid [layers + 1, blocks]}`` plus the task's needle block."""
+    grids, needle = {}, None
+    for uid, u in run.units.items():
+        if uid.startswith("probefit/"):
+            _, p, tag = uid.split("/")
+            grids[(p, tag)] = np.asarray(u["data"]["accuracy"])
+        if uid.startswith("probe/"):
+            needle = u["data"]["needle_block"]
+    return dict(grids=grids, needle_block=needle)
+
+
+def figure5_claims(run: Run) -> list[dict]:
+    """Section 4.6 / Appendix C, with the thresholds of ``lib.probing`` (written before any run):
+    P.flow (full attention: the passkey's information spreads >= 8 blocks past the needle by the last layer,
+    its frontier rising with depth: Spearman rho >= lib.probing.SPEARMAN_RHO), P.sw (sliding window's frontier
+    grows linearly: lib.probing.linear_growth_fit), P.power (PowerAttention's information jumps to
+    power-of-two distances: lib.probing.power_jumps), P.train_power (training raises PowerAttention's final
+    accuracy by >= 10 points), P.train_sw (training lowers sliding window's final accuracy by >= 5 points),
+    P.untrained (untrained PowerAttention's final accuracy above untrained sliding window's)."""
+    from scipy.stats import spearmanr
+
+    from lib import probing as P
+
+    g = probe_grids(run)
+    grids, nb = g["grids"], g["needle_block"]
+    out = []
+    if not grids or nb is None:
+        return [check("P.flow", "Information spreads forward across layers (full attention)", paper="Figure 5",
+                      ours="no probing results", holds=None, rule="see lib.accuracy.figure5_claims")]
+    fin = {k: P.final_accuracy(v) for k, v in grids.items()}
+    full = grids.get(("full", "untrained"))
+    if full is not None:
+        fr = P.frontier(full, nb)
+        ok = fr >= 0
+        rho = spearmanr(np.arange(len(fr))[ok], fr[ok]).statistic if ok.sum() > 2 and np.ptp(fr[ok]) > 0 else float("nan")
+        out.append(check("P.flow", "Under full attention the passkey's information spreads forward across layers",
+                         paper="early layers: near the needle; later layers: spread forward",
+                         ours=f"frontier {int(fr[1]) if len(fr) > 1 else -1} (layer 1) -> {int(fr[-1])} (last layer), "
+                         f"needle block {nb}; Spearman rho(layer, frontier) = {rho:.2f}",
+                         holds=bool(fr[-1] >= nb + SPREAD_MIN_BLOCKS and rho >= P.SPEARMAN_RHO),
+                         rule=f"last-layer frontier >= needle + {SPREAD_MIN_BLOCKS} blocks and rho >= {P.SPEARMAN_RHO}"))
+    sw = grids.get(("sliding_window", "untrained"))
+    if sw is not None:
+        fit = P.linear_growth_fit(P.frontier(sw, nb), sw.shape[1])
+        out.append(check("P.sw", "Sliding window's receptive field grows linearly with depth (untrained)",
+                         paper="expands progressively across layers at a linear rate",
+                         ours=f"frontier slope {fit['slope']:.2f} blocks/layer, R2 = {fit['r2']:.2f} over layers "
+                         f"{fit['layers'][:1]}..{fit['layers'][-1:]}", holds=fit["linear"] if fit["layers"] else None,
+                         rule=f"least-squares line of the frontier: R2 >= {P.LINEAR_R2} and slope > 0"))
+    for tag in ("untrained", "trained"):
+        pw = grids.get(("power", tag))
+        if pw is not None:
+            j = P.power_jumps(pw, nb)
+            out.append(check(f"P.power.{tag}", f"PowerAttention's information jumps to power-of-two block distances ({tag})",
+                             paper="phase-transition-like jumps to power-differentiated positions",
+                             ours=f"max gap {j['max_gap']:.2f} at layer {j['max_gap_layer']} (distances {j['powers']}); "
+                             f"hops vs first decodable layer: rho {j['rho']:.2f} (p={j['p']:.1g}, n={j['n']})",
+                             holds=j["jumps"], rule=f"gap >= {P.POW2_GAP} and rho >= {P.SPEARMAN_RHO} with p < {P.SPEARMAN_P}"))
+    if ("power", "trained") in fin and ("power", "untrained") in fin:
+        a, b = fin[("power", "untrained")], fin[("power", "trained")]
+        out.append(check("P.train_power", "Training raises PowerAttention's last-block accuracy at the last layer",
+                         paper="+44 points, to 100%", ours=f"{a:.2f} -> {b:.2f}", holds=b - a >= TRAIN_GAIN,
+                         rule=f"gain >= {TRAIN_GAIN:.2f}"))
+    if ("sliding_window", "trained") in fin and ("sliding_window", "untrained") in fin:
+        a, b = fin[("sliding_window", "untrained")], fin[("sliding_window", "trained")]
+        out.append(check("P.train_sw", "Training lowers sliding window's last-block accuracy (Figure 7)",
+                         paper="0.48 -> 0.37", ours=f"{a:.2f} -> {b:.2f}", holds=a - b >= TRAIN_DROP,
+                         rule=f"drop >= {TRAIN_DROP:.2f}"))
+    if ("power", "untrained") in fin and ("sliding_window", "untrained") in fin:
+        a, b = fin[("power", "untrained")], fin[("sliding_window", "untrained")]
+        out.append(check("P.untrained", "Untrained, PowerAttention has a slight advantage over sliding window",
+                         paper="neither retrieves well; power slightly better", ours=f"power {a:.2f} vs sliding {b:.2f}",
+                         holds=a > b, rule="final accuracy of power > sliding window"))
+    return out
+
+
 # ----------------------------------------------------------------------------- training
 def training_curves(run: Run) -> pd.DataFrame:
     rows = []
@@ -465,6 +550,6 @@ def write_json(obj, path):
     Path(path).write_text(json.dumps(obj, indent=1, default=str))
 
 
-__all__ = ["PAPER_TABLE1", "Run", "obtain", "add_reach", "alpha_table", "figure1b_claims", "figure3_claims", "gpu_minutes",
+__all__ = ["PAPER_TABLE1", "Run", "figure5_claims", "obtain", "probe_grids", "add_reach", "alpha_table", "figure1b_claims", "figure3_claims", "gpu_minutes",
            "heatmap_table", "hops_used", "load_run", "passkey_frame", "plateau", "ppl_table", "seed_accuracy",
            "summary_by_length", "table1_claims", "training_curves"]
