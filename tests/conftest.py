@@ -10,6 +10,5 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-import os
 # The project's machines reach no Hugging Face hub: fail fast instead of retrying (QA data of the RULER tasks).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
