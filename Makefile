@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: all reproduce report test env lab corpus notebooks-clean clean-notebooks help
+.PHONY: all reproduce report readme test env lab corpus notebooks-clean clean-notebooks help
 
 USE_ACTIVE_ENV ?= 0
 VENV ?= .venv
@@ -42,7 +42,7 @@ help:
 
 all: reproduce
 
-reproduce: $(EXECUTED) report
+reproduce: $(EXECUTED) report readme
 
 # Environment: a venv with pinned packages (torch 2.13.0: CPU wheel where there is no CUDA).
 env: $(ENV_STAMP)
@@ -92,6 +92,10 @@ report: $(OUT)/REPORT.md
 $(OUT)/REPORT.md: $(EXECUTED) lib/report.py | $(ENV_STAMP)
 	$(RUN_ENV) $(PY) -m lib.report $(OUT) > $@.tmp && mv $@.tmp $@
 	@echo "report: $@"
+
+# The README's status table, from the claims lists (GPU results first, then CPU).
+readme: | $(ENV_STAMP)
+	$(RUN_ENV) $(PY) -m lib.report --readme README.md outputs/gpu outputs/cpu
 
 test: | $(ENV_STAMP)
 	$(RUN_ENV) $(PY) -m pytest -n 2 --dist loadgroup --durations=15 -q tests

@@ -37,3 +37,24 @@ def test_report_gathers_summaries_figures_and_provenance(tmp_path):
 def test_report_cli_rejects_missing_folder(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_status_table_and_readme_come_from_claims(tmp_path):
+    from lib.claims import check, write_results
+
+    gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"
+    write_results(gpu / "06_table1_perplexity", {}, [check("T1.close", "close", paper="p", ours="o", holds=True, rule="r")],
+                  title="t")
+    (gpu / "06_table1_perplexity.ipynb").write_text("{}")
+    write_results(cpu / "03_theorem_b1", {}, [check("B1.deg", "deg", paper="p", ours="o", holds=False, rule="r",
+                                                    kind="finding")], title="t")
+    (cpu / "03_theorem_b1.ipynb").write_text("{}")
+    table = report.status_table([gpu, cpu])
+    assert "| Table 1 (perplexity) | `06_table1_perplexity` | gpu | 1 reproduced | T1.close: reproduced |" in table
+    assert "`03_theorem_b1` | cpu | 1 finding |" in table
+    assert "`07_table2_ruler` | - | not run |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.STATUS_BEGIN}\nold\n{report.STATUS_END}\nrest\n")
+    report.update_readme(readme, [gpu, cpu])
+    text = readme.read_text()
+    assert "old" not in text and "T1.close: reproduced" in text and text.endswith("rest\n")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One step of the GPU run on the lent machine (see outputs/gpu/PROVENANCE.md). The machine reaches no registry
+# and takes at most 64 MiB per call, so SmolLM2's 94 MiB GGUF file travels in three parts (.gpu/p1..p3, with the
+# book corpus in p1) and is joined in /var/tmp; weights and checkpoints stay in /var/tmp/pa; results go to $OUT.
+#   bash scripts/device_run.sh stage1             part 1 + corpus; a smoke test of training on random weights
+#   bash scripts/device_run.sh stage2             part 2; notebook 08 (kernel benchmark) under papermill
+#   bash scripts/device_run.sh run BUDGET_S       part 3 (if carried): join; run/resume the accuracy pipeline
+set -uo pipefail
+W=/var/tmp/pa
+mkdir -p "$W/work" .cache/corpora/books
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl >/dev/null 2>&1
+[ -d .gpu/nbwhl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/nbwhl/*.whl >/dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 POWERATTN_SMOLLM2_GGUF=$W/smollm2.gguf
+for p in 1 2 3; do [ -d .gpu/p$p ] && cp .gpu/p$p/* "$W/"; done
+[ -f "$W/books.jsonl.gz" ] && cp "$W/books.jsonl.gz" "$W/MANIFEST.json" .cache/corpora/books/ 2>/dev/null
+if [ ! -f "$W/smollm2.gguf" ] && [ -f "$W/part0" ] && [ -f "$W/part1" ] && [ -f "$W/part2" ]; then
+  cat "$W/part0" "$W/part1" "$W/part2" > "$W/smollm2.gguf"
+  (cd "$W" && echo "$(cut -d' ' -f1 gguf.sha256)  smollm2.gguf" | sha256sum -c -) || { echo "GGUF digest mismatch"; exit 3; }
+fi
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+case "$1" in
+  stage1)
+    python3 -m lib.pipeline --params params/accuracy/smoke.yaml --work "$W/smoke" --throughput --out "$OUT" 2>&1 | tail -20 ;;
+  stage2)
+    set -o pipefail
+    make outputs/gpu/08_figure4b_kernels.ipynb USE_ACTIVE_ENV=1 PROFILE=gpu 2>&1 | tail -30
+    tar czf "$OUT/nb08.tgz" outputs/gpu/08_figure4b_kernels outputs/gpu/08_figure4b_kernels.ipynb 2>/dev/null
+    python3 scripts/old_vs_new.py --out "$OUT/old_vs_new.json" 2>&1 | tail -12 ;;
+  run)
+    python3 -m lib.pipeline --params params/accuracy/gpu.yaml --work "$W/work" --budget-s "${2:-540}" --out "$OUT" \
+        --no-progress 2>&1 | tee "$OUT/pipeline.log" | tail -45 ;;
+esac
+ls -la "$OUT"
