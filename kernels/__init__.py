@@ -1,8 +1,8 @@
-"""Block-sparse causal attention for the six patterns of ``lib.masks``.
+"""Block-sparse causal attention for the patterns of ``lib.masks``.
 
 Public API (other notebooks, ``lib/`` helpers and outside checks call exactly these)::
 
-    sparse_attention(q, k, v, pattern, block_size=256, backend="auto", *,
+    sparse_attention(q, k, v, pattern, block_size=None, backend="auto", *,
                      scale=None, return_lse=False, kernel_config=None, **config)
         Prefill / training. q ``[B, Hq, S, D]``, k and v ``[B, Hkv, S, D]``
         (``Hq`` a multiple of ``Hkv``: GQA). Query ``i`` sees key ``j`` iff
@@ -11,7 +11,7 @@ Public API (other notebooks, ``lib/`` helpers and outside checks call exactly th
         (and the natural-log LSE ``[B, Hq, S]`` float32 with ``return_lse``).
         Differentiable in q, k, v on every backend.
 
-    sparse_decode(q, k_cache, v_cache, pattern, block_size=256, backend="auto", *,
+    sparse_decode(q, k_cache, v_cache, pattern, block_size=None, backend="auto", *,
                   scale=None, kernel_config=None, **config)
         Decode: q ``[B, Hq, T, D]`` holds the ``T`` newest tokens, which are the
         LAST ``T`` positions of the cache (k_cache/v_cache ``[B, Hkv, S, D]``
@@ -19,18 +19,60 @@ Public API (other notebooks, ``lib/`` helpers and outside checks call exactly th
         Same mask as ``sparse_attention`` restricted to those rows. The Triton
         path reads only the key blocks selected for those positions; it is for
         inference (no gradient). For a preallocated cache pass a slice
-        ``k_cache[:, :, :length]``.
+        ``k_cache[:, :, :length]`` (or see ``kernels.decode.decode_at_position``).
 
-``pattern`` is a name from ``lib.masks.PATTERNS`` (its config keywords go in
-``**config``, in blocks, e.g. ``window=5, sink=1``) or a bool block layout
-``[nb, nb]`` with ``nb = ceil(S / block_size)`` (blocks above the diagonal are
-ignored: token causality always applies). ``backend``: ``"auto"`` = Triton on
-CUDA, reference elsewhere; ``"triton"`` forces the Triton kernels (on CPU only
-through the interpreter, ``TRITON_INTERPRET=1`` set before triton is imported);
-``"reference"`` = ``kernels.reference`` (dense masked, float32 or higher).
-``kernel_config`` tunes the Triton tiles, e.g. ``dict(BLOCK_M=128, BLOCK_N=64,
-num_warps=8, num_stages=3)``; the defaults are the benchmarked ones.
-Bad input raises ``ValueError``/``TypeError`` before anything is launched.
+``pattern`` is one of
+
+* a name from ``lib.masks.NAMES`` (the paper's six patterns ``lib.masks.PATTERNS`` plus
+  ``"distance_set"``), with its config keywords in ``**config``, in blocks (e.g. ``window=5,
+  sink=1``; ``lib.masks.section41_config(name, num_blocks)`` gives the paper's Section 4.1 ones);
+* a bool block layout ``[nb, nb]`` with ``nb = ceil(S / block_size)`` (blocks above the diagonal
+  are ignored: token causality always applies);
+* a ``lib.masks.BlockLayout`` (``lib.masks.layout(...)``), built for this sequence length.
+
+``block_size`` (tokens per mask block) defaults to 256 for a name or a bool layout and to the
+layout's own block size for a ``BlockLayout`` (``kernels.as_layout``). ``backend``: ``"auto"`` =
+Triton on CUDA, reference elsewhere; ``"triton"`` forces the Triton kernels (on CPU only through
+the interpreter, ``TRITON_INTERPRET=1`` set before triton is imported); ``"reference"`` =
+``kernels.reference`` (dense masked, float32 or higher). ``kernel_config`` overrides the Triton
+tile settings of ``kernels.tiles`` (tables of ``triton.Config`` per kernel, head dim and dtype;
+the defaults are the benchmarked ones): a dict with keys ``"fwd"``, ``"dq"``, ``"dkdv"``,
+``"decode"`` (each a ``triton.Config`` or a dict of the settings to change) and ``"bwd_chunk"``;
+unknown keys raise ``ValueError``. Bad input raises ``ValueError``/``TypeError`` before anything
+is launched.
+
+Example (small sizes; runs as written on a GPU, and on a CPU through the reference backend;
+``tests/test_kernels.py`` executes it)::
+
+    import torch
+    import triton
+
+    import kernels
+    from lib import masks
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    S, block = 512, 64                                    # 8 mask blocks of 64 tokens
+    q = torch.randn(1, 4, S, 64, device=device, dtype=dtype, requires_grad=True)  # 4 query heads,
+    k = torch.randn(1, 2, S, 64, device=device, dtype=dtype, requires_grad=True)  # 2 key/value heads (GQA)
+    v = torch.randn(1, 2, S, 64, device=device, dtype=dtype, requires_grad=True)
+
+    out = kernels.sparse_attention(q, k, v, "power", block)   # the pattern's default (Section 4.1) budget
+    out.sum().backward()                                       # gradients for q, k and v
+
+    cfg = masks.section41_config("stride_slash", num_blocks=S // block)
+    out = kernels.sparse_attention(q, k, v, "stride_slash", block, **cfg)
+
+    layout = masks.layout("power", S, block, window=2)         # a BlockLayout: block size comes with it
+    out, lse = kernels.sparse_attention(q, k, v, layout, return_lse=True)
+
+    tiles = {"fwd": triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+             "dkdv": {"BLOCK_N": 32}, "bwd_chunk": 8}        # Triton tile overrides (kernels.tiles)
+    out = kernels.sparse_attention(q, k, v, "power", block, kernel_config=tiles)
+
+    with torch.no_grad():                                      # decode the last token against the cache
+        new = kernels.sparse_decode(q[:, :, -1:], k, v, "power", block, kernel_config={"decode": {"BLOCK_N": 32}})
+    assert new.shape == (1, 4, 1, 64)
 """
 from __future__ import annotations
 
@@ -117,6 +159,7 @@ def sparse_attention(q, k, v, pattern, block_size=None, backend="auto", *, scale
         raise ValueError(f"prefill needs q and k of one length, got {q.shape[2]} and {k.shape[2]} (use sparse_decode for new tokens)")
     layout = as_layout(pattern, q.shape[2], block_size, **config)
     _check_block_size(layout.block_size, backend)
+    _check_kernel_config(kernel_config)
     if backend == "reference":
         return reference_attention(q, k, v, layout.to_dense(), layout.block_size, scale=scale, return_lse=return_lse)
     from .autograd import triton_sparse_attention
@@ -136,6 +179,7 @@ def sparse_decode(q, k_cache, v_cache, pattern, block_size=None, backend="auto",
         raise ValueError(f"the Triton decode kernel takes at most {MAX_DECODE_TOKENS} new tokens, got {T} (use sparse_attention)")
     layout = as_layout(pattern, S, block_size, **config)
     _check_block_size(layout.block_size, backend)
+    _check_kernel_config(kernel_config)
     if backend == "reference":
         return reference_attention(q, k_cache, v_cache, layout.to_dense(), layout.block_size, scale=scale,
                                    q_offset=S - T)
@@ -147,6 +191,15 @@ def sparse_decode(q, k_cache, v_cache, pattern, block_size=None, backend="auto",
 def _check_block_size(block_size, backend):
     if backend == "triton" and (block_size < 16 or block_size & (block_size - 1)):
         raise ValueError(f"the Triton kernels need block_size a power of two >= 16, got {block_size}")
+
+
+def _check_kernel_config(kernel_config):
+    """Validate tile overrides on every backend (a typo should not pass silently on CPU);
+    ``kernels.tiles`` imports triton, so only when there is something to check."""
+    if kernel_config is not None:
+        from .tiles import check_overrides
+
+        check_overrides(kernel_config)
 
 
 __all__ = ["sparse_attention", "sparse_decode", "reference_attention", "as_layout", "get_layout", "BACKENDS"]

@@ -1,4 +1,9 @@
-"""``torch.autograd.Function`` tying the Triton forward and backward together."""
+"""``torch.autograd.Function`` tying the Triton forward and backward together.
+
+The launchers here turn a ``BlockLayout``'s device tables and the tile settings of
+``kernels.tiles`` into kernel launches; the kernels themselves are in ``prefill_fwd`` and
+``prefill_bwd``.
+"""
 from __future__ import annotations
 
 import math
@@ -6,44 +11,15 @@ import math
 import torch
 import triton
 
+from ._jit import LOG2E, dot_precision
 from .plan import empty
 from .prefill_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
-from .prefill_fwd import LOG2E, _fwd_kernel
-
-# Defaults from the H100 sweep (kernels/NOTES.md); capped by block_size on small blocks.
-FWD_DEFAULTS = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, tma=1)
-DQ_DEFAULTS = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, tma=1)
-DKDV_DEFAULTS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, tma=1)
-BWD_CHUNK = 16  # query blocks per dK/dV work item
-
-
-def _tiles(defaults: dict, override: dict | None, prefix: str, block_size: int, head_dim: int, dtype) -> dict:
-    cfg = dict(defaults)
-    for key in defaults:
-        if override and f"{prefix}{key}" in override:
-            cfg[key] = int(override[f"{prefix}{key}"])
-    if dtype == torch.float32 and head_dim > 64:  # fp32 tiles twice as large: stay within shared memory
-        cfg["BLOCK_M"], cfg["BLOCK_N"] = min(cfg["BLOCK_M"], 64), min(cfg["BLOCK_N"], 64)
-    for key in ("BLOCK_M", "BLOCK_N"):
-        cfg[key] = min(cfg[key], block_size)
-        if cfg[key] < 16 or cfg[key] & (cfg[key] - 1):
-            raise ValueError(f"{prefix}{key} must be a power of two >= 16, got {cfg[key]}")
-    return cfg
-
-
-def _check_config(kernel_config):
-    if kernel_config is None:
-        return {}
-    if not isinstance(kernel_config, dict):
-        raise TypeError(f"kernel_config must be a dict, got {type(kernel_config).__name__}")
-    known = {f"{p}{k}" for p in ("fwd_", "dq_", "dkdv_") for k in DQ_DEFAULTS} | {"bwd_chunk"}
-    unknown = set(kernel_config) - known
-    if unknown:
-        raise ValueError(f"unknown kernel_config keys {sorted(unknown)}; accepted: {sorted(known)}")
-    return kernel_config
+from .prefill_fwd import _fwd_kernel
+from .tiles import BWD_CHUNK, check_overrides, tiles_for
 
 
 def _contig(t):
+    """The kernels take any batch/head/sequence strides but need unit stride along the head dim."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
@@ -66,21 +42,28 @@ def _tma_ok(*tensors) -> bool:
     return ok
 
 
+def _launch_options(cfg: triton.Config, tma_ok: bool) -> dict:
+    """The tile constexprs and launch options of ``cfg`` (TMA only where the tensors allow it)."""
+    return dict(BLOCK_M=cfg.kwargs["BLOCK_M"], BLOCK_N=cfg.kwargs["BLOCK_N"],
+                USE_TMA=bool(cfg.kwargs["USE_TMA"]) and tma_ok, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def forward(q, k, v, plan, block_size, sm_scale, cfg):
-    """``plan``: the layout's ``DeviceTables`` (``BlockLayout.tables``)."""
+    """``plan``: the layout's ``DeviceTables`` (``BlockLayout.tables``); ``cfg`` the forward's ``triton.Config``.
+
+    Returns the output and the base-2 LSE of the scaled scores (what the backward recomputes P from).
+    """
     B, Hq, S, D = q.shape
-    use_tma = bool(cfg["tma"]) and _tma_ok(q, k, v)
     Hkv = k.shape[1]
     o = empty(*q.shape, device=q.device, dtype=q.dtype)
     lse2 = empty(B, Hq, S, device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(S, cfg["BLOCK_M"]), B * Hq)
+    grid = (triton.cdiv(S, cfg.kwargs["BLOCK_M"]), B * Hq)
     _fwd_kernel[grid](q, k, v, o, lse2, plan.kv_indices, plan.kv_counts, plan.kv_full_counts,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                       plan.kv_indices.stride(0), Hq, Hq // Hkv, S, sm_scale * LOG2E,
-                      BLOCK_SIZE=block_size, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=D,
-                      IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
-                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                      BLOCK_SIZE=block_size, HEAD_DIM=D, PRECISION=dot_precision(q.dtype),
+                      **_launch_options(cfg, _tma_ok(q, k, v)))
     return o, lse2
 
 
@@ -88,27 +71,23 @@ def backward(do, q, k, v, o, lse2, plan, block_size, sm_scale, cfg_dq, cfg_kv):
     B, Hq, S, D = q.shape
     Hkv = k.shape[1]
     do = _contig(do)
-    delta = (o.float() * do.float()).sum(-1)  # [B, Hq, S]
+    delta = (o.float() * do.float()).sum(-1)  # [B, Hq, S]: rowsum(dO * O), the softmax backward's correction
     dq = empty(B, Hq, S, D, device=q.device, dtype=q.dtype)
-    dk = torch.zeros(B, Hkv, S, D, device=q.device, dtype=torch.float32)
+    dk = torch.zeros(B, Hkv, S, D, device=q.device, dtype=torch.float32)  # accumulated atomically: must start at 0
     dv = torch.zeros_like(dk)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    ieee = q.dtype == torch.float32
+    precision = dot_precision(q.dtype)
     tma_ok = _tma_ok(q, k, v, do)
-    _bwd_dq_kernel[(triton.cdiv(S, cfg_dq["BLOCK_M"]), B * Hq)](
+    _bwd_dq_kernel[(triton.cdiv(S, cfg_dq.kwargs["BLOCK_M"]), B * Hq)](
         q, k, v, do, dq, lse2, delta, plan.kv_indices, plan.kv_counts, plan.kv_full_counts, *strides,
         plan.kv_indices.stride(0), Hq, Hq // Hkv, S, sm_scale * LOG2E, sm_scale,
-        BLOCK_SIZE=block_size, BLOCK_M=cfg_dq["BLOCK_M"], BLOCK_N=cfg_dq["BLOCK_N"], HEAD_DIM=D, IEEE=ieee,
-        USE_TMA=bool(cfg_dq["tma"]) and tma_ok,
-        num_warps=cfg_dq["num_warps"], num_stages=cfg_dq["num_stages"])
+        BLOCK_SIZE=block_size, HEAD_DIM=D, PRECISION=precision, **_launch_options(cfg_dq, tma_ok))
     n_items = plan.items.shape[0]
-    _bwd_dkdv_kernel[(n_items * (block_size // cfg_kv["BLOCK_N"]), B * Hkv)](
+    _bwd_dkdv_kernel[(n_items * (block_size // cfg_kv.kwargs["BLOCK_N"]), B * Hkv)](
         q, k, v, do, dk, dv, lse2, delta, plan.q_lists, plan.items, *strides,
         Hq, Hkv, Hq // Hkv, S, sm_scale * LOG2E, sm_scale,
-        BLOCK_SIZE=block_size, BLOCK_M=cfg_kv["BLOCK_M"], BLOCK_N=cfg_kv["BLOCK_N"], HEAD_DIM=D, IEEE=ieee,
-        USE_TMA=bool(cfg_kv["tma"]) and tma_ok,
-        num_warps=cfg_kv["num_warps"], num_stages=cfg_kv["num_stages"])
+        BLOCK_SIZE=block_size, HEAD_DIM=D, PRECISION=precision, **_launch_options(cfg_kv, tma_ok))
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -129,14 +108,13 @@ class _SparseAttention(torch.autograd.Function):
 
 
 def triton_sparse_attention(q, k, v, layout, *, scale=None, return_lse=False, kernel_config=None):
-    """Triton path of ``kernels.sparse_attention`` (inputs already validated; ``layout`` a ``BlockLayout``)."""
-    kc = _check_config(kernel_config)
+    """Triton path of ``kernels.sparse_attention`` (inputs already validated; ``layout`` a ``BlockLayout``;
+    ``kernel_config`` as in ``kernels.tiles``)."""
+    kc = check_overrides(kernel_config)
     D = q.shape[-1]
     block_size = layout.block_size
-    cfgs = (_tiles(FWD_DEFAULTS, kc, "fwd_", block_size, D, q.dtype),
-            _tiles(DQ_DEFAULTS, kc, "dq_", block_size, D, q.dtype),
-            _tiles(DKDV_DEFAULTS, kc, "dkdv_", block_size, D, q.dtype))
-    plan = layout.tables(q.device, chunk=int(kc.get("bwd_chunk", BWD_CHUNK)))
+    cfgs = tuple(tiles_for(kernel, D, q.dtype, block_size, kc.get(kernel)) for kernel in ("fwd", "dq", "dkdv"))
+    plan = layout.tables(q.device, chunk=kc.get("bwd_chunk", BWD_CHUNK))
     sm_scale = D ** -0.5 if scale is None else float(scale)
     q, k, v = _contig(q), _contig(k), _contig(v)
     o, lse2 = _SparseAttention.apply(q, k, v, plan, block_size, sm_scale, cfgs)

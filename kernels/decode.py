@@ -1,17 +1,25 @@
 """Triton decode: a few new tokens against a long KV cache, reading only selected blocks.
 
-The new tokens are the cache's last ``T`` positions. The union of key blocks
-their layout rows select is split evenly (in ``BLOCK_N`` tiles) over
+The new tokens are the newest ``T`` positions of the cache. The union of key
+blocks their layout rows select is split evenly (in ``BLOCK_N`` tiles) over
 ``num_splits`` programs per key/value head; each program packs all query heads
 of the GQA group times the ``T`` tokens into the rows of one tile (one K/V read
-serves the whole group), and writes a partial softmax (normalised output and
-base-2 LSE). A second small kernel merges the splits. Time therefore follows
-the number of selected blocks, not the context length.
+serves the whole group), runs the forward's online-softmax step
+(``kernels._jit.attend_tile``, masked: a row sees a key iff its block is
+allowed for that token and the key is not after the token), and writes a
+partial softmax (normalised output and base-2 LSE). A second small kernel
+merges the splits. Time therefore follows the number of selected blocks, not
+the context length.
 
-``decode_at_position`` runs the same kernels with the position read from a
-device tensor and a fixed-length key-block list, so the launch does not depend
-on the position and one CUDA-graph capture serves every decoding step (a
-static KV cache whose slots past the position are ignored).
+Two entry points, one launcher (``_launch``) and one tile setting
+(``kernels.tiles``, kernel ``"decode"``):
+
+* ``triton_sparse_decode`` (``kernels.sparse_decode``): the newest token is the cache's
+  last slot; the key blocks come from ``BlockLayout.decode_plan`` on the host.
+* ``decode_at_position``: one token whose position is read from a device tensor, with a
+  fixed-length key-block list (``BlockLayout.decode_rows``), so the launch does not depend on
+  the position and one CUDA-graph capture serves every decoding step (a static KV cache
+  whose slots past the position are ignored).
 """
 from __future__ import annotations
 
@@ -21,10 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._jit import LOG2E, attend_tile, dot_precision, finish_rows
 from .plan import empty
-from .prefill_fwd import LOG2E
-
-DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, num_splits=0)  # 0 = auto
+from .tiles import check_overrides, tiles_for
 
 
 @triton.jit
@@ -32,12 +39,13 @@ def _decode_split_kernel(Q, K, V, OP, LP, BLOCKS, ALLOWED, POS,
                          s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
                          H_Q, H_KV, GROUP, T, S, U, NUM_SPLITS, qk_scale,
                          BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                         HEAD_DIM: tl.constexpr, IEEE: tl.constexpr, POS_IN_MEMORY: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, POS_IN_MEMORY: tl.constexpr):
     TILES: tl.constexpr = BLOCK_SIZE // BLOCK_N
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // H_KV
     hk = pid_bh % H_KV
+    # Row r of the tile is query head hk * GROUP + r // T at new token r % T.
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < GROUP * T
     g = rows // T
@@ -57,6 +65,7 @@ def _decode_split_kernel(Q, K, V, OP, LP, BLOCKS, ALLOWED, POS,
     k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
     v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
 
+    # This program's share of the U selected blocks' tiles.
     n_tiles = U * TILES
     per = tl.cdiv(n_tiles, NUM_SPLITS)
     lo = split * per
@@ -67,30 +76,12 @@ def _decode_split_kernel(Q, K, V, OP, LP, BLOCKS, ALLOWED, POS,
     for it in range(lo, hi):
         j = it // TILES
         kb = tl.load(BLOCKS + j)
-        offs_k = kb * BLOCK_SIZE + (it % TILES) * BLOCK_N + offs_n
-        kmask = offs_k <= last
-        kt = tl.load(k_base + offs_k[None, :].to(tl.int64) * s_ks + offs_d[:, None], mask=kmask[None, :], other=0.0)
-        vt = tl.load(v_base + offs_k[:, None].to(tl.int64) * s_vs + offs_d[None, :], mask=kmask[:, None], other=0.0)
-        if IEEE:
-            qk = tl.dot(q, kt, input_precision="ieee") * qk_scale
-        else:
-            qk = tl.dot(q, kt) * qk_scale
+        start_n = kb * BLOCK_SIZE + (it % TILES) * BLOCK_N
+        # Rows (tokens) whose layout row does not select block j see none of it.
         allowed = tl.load(ALLOWED + t * U + j, mask=row_ok, other=0) != 0
-        visible = allowed[:, None] & (offs_k[None, :] <= pos[:, None]) & kmask[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-        m_i = m_new
-    nonempty = l_i > 0.0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    lse = tl.where(nonempty, m_i + tl.math.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
+        m_i, l_i, acc = attend_tile(q, k_base, v_base, start_n, start_n + offs_n, offs_d, s_ks, s_vs, pos, last + 1,
+                                    allowed, m_i, l_i, acc, qk_scale, MASKED=True, USE_TMA=False, PRECISION=PRECISION)
+    out, lse = finish_rows(acc, m_i, l_i)
     base = (pid_bh * NUM_SPLITS + split).to(tl.int64) * BLOCK_H
     tl.store(OP + (base + rows[:, None]) * HEAD_DIM + offs_d[None, :], out)
     tl.store(LP + base + rows, lse)
@@ -127,44 +118,33 @@ def _sm_count(device) -> int:
     return 2
 
 
-def triton_sparse_decode(q, k, v, layout, *, scale=None, kernel_config=None):
-    """Triton path of ``kernels.sparse_decode`` (inputs already validated; ``layout`` a ``BlockLayout``)."""
-    block_size = layout.block_size
-    cfg = dict(DECODE_DEFAULTS)
-    if kernel_config:
-        if not isinstance(kernel_config, dict):
-            raise TypeError(f"kernel_config must be a dict, got {type(kernel_config).__name__}")
-        unknown = set(kernel_config) - set(cfg)
-        if unknown:
-            raise ValueError(f"unknown decode kernel_config keys {sorted(unknown)}; accepted: {sorted(cfg)}")
-        cfg.update({k_: int(v_) for k_, v_ in kernel_config.items()})
+def _launch(q, k, v, blocks, allowed, pos, num_blocks, block_size, scale, kernel_config):
+    """Split + merge launch shared by both entry points.
+
+    ``blocks`` int ``[num_blocks]`` key-block indices; ``allowed`` int8 ``[T, num_blocks]`` (token t may
+    use ``blocks[u]``); ``pos`` None (the newest token is the cache's last slot) or a device int tensor
+    ``[1]`` read by the kernel. Nothing here reads device memory, so the launch is graph-capturable.
+    """
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = Hq // Hkv
-    block_n = min(cfg["BLOCK_N"], block_size)
-    if q.dtype == torch.float32 and D > 64:
-        block_n = min(block_n, 64)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
-    plan = layout.decode_plan(T, q.device)
-    n_tiles = plan.num_blocks * (block_size // block_n)
-    splits = cfg["num_splits"] or triton.cdiv(2 * _sm_count(q.device), B * Hkv)
+    cfg = tiles_for("decode", D, q.dtype, block_size, check_overrides(kernel_config).get("decode"))
+    block_n = cfg.kwargs["BLOCK_N"]
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    n_tiles = num_blocks * (block_size // block_n)
+    splits = cfg.kwargs["NUM_SPLITS"] or triton.cdiv(2 * _sm_count(q.device), B * Hkv)  # auto: ~2 waves
     splits = max(1, min(splits, n_tiles))
-    block_h = max(16, triton.next_power_of_2(group * T))
+    block_h = max(16, triton.next_power_of_2(group * T))  # rows of a tile: >= 16 for tl.dot
     op = empty(B * Hkv * splits * block_h * D, device=q.device, dtype=torch.float32)
     lp = empty(B * Hkv * splits * block_h, device=q.device, dtype=torch.float32)
     sm_scale = D ** -0.5 if scale is None else float(scale)
     _decode_split_kernel[(B * Hkv, splits)](
-        q, k, v, op, lp, plan.blocks, plan.allowed, plan.blocks,
+        q, k, v, op, lp, blocks, allowed, blocks if pos is None else pos,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        Hq, Hkv, group, T, S, plan.num_blocks, splits, sm_scale * LOG2E,
-        BLOCK_SIZE=block_size, BLOCK_H=block_h, BLOCK_N=block_n, HEAD_DIM=D, IEEE=q.dtype == torch.float32,
-        POS_IN_MEMORY=False, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        Hq, Hkv, group, T, S, num_blocks, splits, sm_scale * LOG2E,
+        BLOCK_SIZE=block_size, BLOCK_H=block_h, BLOCK_N=block_n, HEAD_DIM=D, PRECISION=dot_precision(q.dtype),
+        POS_IN_MEMORY=pos is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     out = empty(*q.shape, device=q.device, dtype=q.dtype)
     _decode_merge_kernel[(B * Hkv, group * T)](op, lp, out, out.stride(0), out.stride(1), out.stride(2), Hkv, group,
                                                T, splits, BLOCK_H=block_h, HEAD_DIM=D,
@@ -172,44 +152,24 @@ def triton_sparse_decode(q, k, v, layout, *, scale=None, kernel_config=None):
     return out
 
 
-def decode_at_position(q, k, v, blocks, valid, pos, block_size, *, scale=None, block_n=64, num_splits=0,
-                       num_warps=4, num_stages=3):
+def triton_sparse_decode(q, k, v, layout, *, scale=None, kernel_config=None):
+    """Triton path of ``kernels.sparse_decode`` (inputs already validated; ``layout`` a ``BlockLayout``)."""
+    plan = layout.decode_plan(q.shape[2], q.device)
+    return _launch(q, k, v, plan.blocks, plan.allowed, None, plan.num_blocks, layout.block_size, scale, kernel_config)
+
+
+def decode_at_position(q, k, v, blocks, valid, pos, block_size, *, scale=None, kernel_config=None):
     """One new token per sequence at position ``pos`` (a device int tensor ``[1]``, shared by the batch).
 
     q ``[B, Hq, 1, D]``; k, v ``[B, Hkv, S, D]``: a static cache whose slots past ``pos`` are ignored;
     ``blocks`` int ``[M]`` key-block indices and ``valid`` bool ``[M]`` (padding entries False), both
-    on the device with a fixed ``M``, so the launch is the same at every position (CUDA-graph safe).
-    Returns ``[B, Hq, 1, D]`` in q's dtype.
+    on the device with a fixed ``M`` (``BlockLayout.decode_rows``), so the launch is the same at every
+    position (CUDA-graph safe). ``kernel_config``: as for ``kernels.sparse_decode`` (its ``"decode"``
+    entry). Returns ``[B, Hq, 1, D]`` in q's dtype.
     """
-    B, Hq, T, D = q.shape
-    if T != 1:
-        raise ValueError(f"decode_at_position takes one query token per sequence, got {T}")
+    if q.shape[2] != 1:
+        raise ValueError(f"decode_at_position takes one query token per sequence, got {q.shape[2]}")
     if blocks.dim() != 1 or valid.shape != blocks.shape:
         raise ValueError(f"blocks and valid must be 1-D of equal length, got {tuple(blocks.shape)} and {tuple(valid.shape)}")
-    Hkv, S = k.shape[1], k.shape[2]
-    group = Hq // Hkv
-    block_n = min(block_n, block_size)
-    if q.dtype == torch.float32 and D > 64:
-        block_n = min(block_n, 32)
-    if block_size % block_n:
-        raise ValueError(f"block_size {block_size} must be a multiple of {block_n}")
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    m = blocks.numel()
-    splits = num_splits or triton.cdiv(2 * _sm_count(q.device), B * Hkv)
-    splits = max(1, min(splits, m * (block_size // block_n)))
-    block_h = max(16, triton.next_power_of_2(group))
-    op = torch.empty(B * Hkv * splits * block_h * D, device=q.device, dtype=torch.float32)
-    lp = torch.empty(B * Hkv * splits * block_h, device=q.device, dtype=torch.float32)
-    sm_scale = D ** -0.5 if scale is None else float(scale)
-    _decode_split_kernel[(B * Hkv, splits)](
-        q, k, v, op, lp, blocks, valid.to(torch.int8), pos,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        Hq, Hkv, group, 1, S, m, splits, sm_scale * LOG2E,
-        BLOCK_SIZE=block_size, BLOCK_H=block_h, BLOCK_N=block_n, HEAD_DIM=D, IEEE=q.dtype == torch.float32,
-        POS_IN_MEMORY=True, num_warps=num_warps, num_stages=num_stages)
-    out = torch.empty_like(q)
-    _decode_merge_kernel[(B * Hkv, group)](op, lp, out, out.stride(0), out.stride(1), out.stride(2), Hkv, group,
-                                           1, splits, BLOCK_H=block_h, HEAD_DIM=D,
-                                           SPLITS_P2=max(2, triton.next_power_of_2(splits)), num_warps=4)
-    return out
+    allowed = valid.to(torch.int8).reshape(1, -1)
+    return _launch(q, k, v, blocks, allowed, pos, blocks.numel(), block_size, scale, kernel_config)

@@ -121,7 +121,7 @@ def _dense_softmax(q, k, v, mask):
     return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
 
 
-SMALL_TILES = dict(fwd_BLOCK_M=16, fwd_BLOCK_N=16, dq_BLOCK_M=16, dq_BLOCK_N=16, dkdv_BLOCK_M=16, dkdv_BLOCK_N=16)
+SMALL_TILES = {kernel: dict(BLOCK_M=16, BLOCK_N=16) for kernel in ("fwd", "dq", "dkdv")}
 
 
 def test_triton_forward_backward_matches_dense_reference():

@@ -10,13 +10,16 @@ import math
 
 import pytest
 import torch
+import triton
 
 import kernels
 from kernels import plan as kplan
 from kernels.reference import reference_attention
 from lib import masks
 
-SMALL_TILES = dict(fwd_BLOCK_M=16, fwd_BLOCK_N=16, dq_BLOCK_M=16, dq_BLOCK_N=16, dkdv_BLOCK_M=16, dkdv_BLOCK_N=16)
+# Tile overrides (kernels.tiles): 16x16 tiles, so a 32-token block spans several tiles; plain dicts change only
+# the settings they name (warps, stages and TMA stay the table's).
+SMALL_TILES = {kernel: dict(BLOCK_M=16, BLOCK_N=16) for kernel in ("fwd", "dq", "dkdv")}
 # Small configs so the interpreter still sees several blocks per row at tiny lengths.
 CONFIGS = {
     "full": {},
@@ -86,8 +89,11 @@ def test_triton_forward_backward(pattern, S, bs, Hq, Hkv, D, dtype, B):
     qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
     # chunk 2: the sink's dK/dV is split over several programs; tensor-descriptor (TMA) loads on for some cases,
     # plain pointer loads for others, so both paths of every kernel are checked.
+    # The forward's override is a full triton.Config (warps/stages replaced), the others dicts.
     tma = S % 2
-    cfg = dict(SMALL_TILES, bwd_chunk=2, fwd_tma=tma, dq_tma=tma, dkdv_tma=1 - tma)
+    cfg = {"fwd": triton.Config(dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=tma), num_warps=4, num_stages=2),
+           "dq": dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=tma), "dkdv": dict(BLOCK_M=16, BLOCK_N=16, USE_TMA=1 - tma),
+           "bwd_chunk": 2}
     out, lse = kernels.sparse_attention(qq, kk, vv, pattern, bs, backend="triton", return_lse=True,
                                         kernel_config=cfg, **CONFIGS[pattern])
     out.backward(do)
@@ -113,7 +119,7 @@ def test_tiles_independent_of_mask_block():
     ref = kernels.sparse_attention(q.double(), k.double(), v.double(), "power", 32, backend="reference", window=1)
     for bm, bn in ((16, 16), (32, 16), (16, 32)):
         out = kernels.sparse_attention(q, k, v, "power", 32, backend="triton", window=1,
-                                       kernel_config=dict(fwd_BLOCK_M=bm, fwd_BLOCK_N=bn))
+                                       kernel_config={"fwd": dict(BLOCK_M=bm, BLOCK_N=bn)})
         assert rel(out, ref) < 1e-5, (bm, bn)
 
 
@@ -145,8 +151,8 @@ def test_decode_matches_reference(pattern, T):
     g = torch.Generator().manual_seed(11 + T)
     _, k, v = make(g, 2, 6, 2, S, 16, dtype)
     q = torch.randn(2, 6, T, 16, generator=g)
-    out = kernels.sparse_decode(q, k, v, pattern, bs, backend="triton", kernel_config=dict(BLOCK_N=16, num_splits=3),
-                                **CONFIGS[pattern])
+    out = kernels.sparse_decode(q, k, v, pattern, bs, backend="triton",
+                                kernel_config={"decode": dict(BLOCK_N=16, NUM_SPLITS=3)}, **CONFIGS[pattern])
     ref = reference_attention(q.double(), k.double(), v.double(),
                               kernels.get_layout(pattern, S, bs, **CONFIGS[pattern]), bs, q_offset=S - T)
     assert torch.isfinite(out).all()
@@ -237,3 +243,120 @@ def test_default_kernel_config_small_blocks():
     assert rel(out, ref) < 1e-4
     for a, b in ((q, qr), (k, kr), (v, vr)):
         assert rel(a.grad, b.grad) < 2e-4
+
+
+@pytest.mark.parametrize("dtype,D,Hq,Hkv,bs", [(torch.float32, 128, 6, 2, 64), (torch.float16, 32, 4, 1, 32)])
+def test_decode_entry_points_share_one_launcher(dtype, D, Hq, Hkv, bs, monkeypatch):
+    """``sparse_decode`` (the newest token is the cache's end; host position) and ``decode_at_position``
+    (position in a device tensor, static cache, CUDA-graph safe) go through one launcher with one tile
+    setting, and agree with the float64 references. fp32 at head dim 128 is the case whose tile cap
+    used to differ between the two (64 vs 32)."""
+    from kernels import decode as kdec
+    from kernels import tiles
+    from kernels.reference import reference_decode_at_position
+
+    launches, settings = [], []  # the position argument of every launch; every tile setting used
+    real_launch, real_tiles_for = kdec._launch, kdec.tiles_for
+
+    def launch(q, k, v, blocks, allowed, pos, *rest):
+        launches.append(pos)
+        return real_launch(q, k, v, blocks, allowed, pos, *rest)
+
+    def tiles_for(*args):
+        settings.append(real_tiles_for(*args))
+        return settings[-1]
+
+    monkeypatch.setattr(kdec, "_launch", launch)
+    monkeypatch.setattr(kdec, "tiles_for", tiles_for)
+    S, cfg = 200, dict(window=2, sink=1)
+    g = torch.Generator().manual_seed(D + Hq)
+    q = torch.randn(2, Hq, 1, D, generator=g).to(dtype)
+    k, v = (torch.randn(2, Hkv, S, D, generator=g).to(dtype) for _ in range(2))
+    lay = masks.layout("power", S, bs, **cfg)
+    tol = TOL[dtype]
+    for p in (S - 1, 150, bs - 1, 3):  # last slot, mid-block, end of the first block, inside it
+        pos = torch.tensor([p])
+        blocks, valid = lay.decode_rows(pos)
+        at_pos = kdec.decode_at_position(q, k, v, blocks, valid, pos, bs)
+        ref = reference_decode_at_position(q.double(), k.double(), v.double(), blocks, valid, pos, bs)
+        at_end = kernels.sparse_decode(q, k[:, :, :p + 1], v[:, :, :p + 1], "power", bs, backend="triton", **cfg)
+        for out in (at_pos, at_end):
+            assert out.dtype == dtype and torch.isfinite(out).all()
+            assert rel(out, ref) < tol, p
+    assert [pos_arg is None for pos_arg in launches] == [False, True] * 4  # one launcher, both entry points
+    assert len(settings) == 8
+    assert all(s.kwargs == tiles.tiles_for("decode", D, dtype, bs).kwargs for s in settings)
+    if dtype == torch.float32:
+        assert settings[0].kwargs["BLOCK_N"] == 64
+
+
+def _docstring_example() -> str:
+    """The literal block after 'Example' in the kernels package docstring."""
+    lines = kernels.__doc__.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Example"))
+    start = next(i for i in range(start, len(lines)) if lines[i].rstrip().endswith("::")) + 1
+    block = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block).strip() + "\n"
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_docstring_example_runs(backend, monkeypatch):
+    """The usage example of kernels/__init__.py runs as written (CPU: reference backend), and again with
+    every call forced onto the Triton kernels (interpreter), tile overrides included."""
+    code = _docstring_example()
+    assert "kernels.sparse_attention" in code and "kernel_config" in code
+    if backend == "triton":
+        import functools
+
+        monkeypatch.setattr(kernels, "sparse_attention", functools.partial(kernels.sparse_attention, backend="triton"))
+        monkeypatch.setattr(kernels, "sparse_decode", functools.partial(kernels.sparse_decode, backend="triton"))
+    namespace = {}
+    exec(compile(code, "<kernels docstring example>", "exec"), namespace)
+    q, k, v = (namespace[n].detach().double() for n in ("q", "k", "v"))
+    power = kernels.sparse_attention(q, k, v, "power", 64, backend="reference")
+    assert rel(namespace["out"], power) < 1e-4  # the last prefill call: power with tile overrides
+    assert rel(namespace["new"], power[:, :, -1:]) < 1e-4  # decode = the last row of prefill
+    assert rel(namespace["lse"], kernels.sparse_attention(q, k, v, namespace["layout"], backend="reference",
+                                                          return_lse=True)[1]) < 1e-4
+    assert all(torch.isfinite(namespace[n].grad).all() for n in ("q", "k", "v"))
+
+
+def test_kernel_claims_on_committed_and_new_results():
+    """kernels.benchmark.kernel_claims reads the committed GPU results (notebook 08's structure) and the
+    structure of ``python -m kernels.benchmark`` (decode rows without a batch), and degrades to an
+    inconclusive paper claim without GPU results."""
+    import json
+    from pathlib import Path
+
+    from kernels import benchmark as kb
+    from lib.claims import validate
+
+    path = Path(__file__).resolve().parents[1] / "outputs/gpu/08_figure4b_kernels/results.json"
+    if path.exists():
+        gpu = json.loads(path.read_text())
+        claims = validate(kb.kernel_claims(gpu))
+        ids = [c["id"] for c in claims]
+        assert ids[0] == "fig4b_speedup_128k" and "sanity_kernel_errors" in ids
+        assert {"target_fwd_vs_flex", "target_fwd_vs_sdpa_128k", "target_fwd_bwd_vs_flex"} <= set(ids)
+        assert all(c["verdict"] != "inconclusive" for c in claims)
+    # A new run: 2 lengths, no batch key on the decode rows, a failing kernel error.
+    row = lambda L, mode, method, pattern, ms: dict(length=L, mode=mode, method=method, pattern=pattern, ms=ms,
+                                                    tflops=1.0, pairs=1, bound=23.4)
+    new = dict(device="GPU", peaks=dict(copy_GBps=3000.0),
+               prefill=[row(131072, "fwd", "sdpa", "full", 220.0), row(131072, "fwd", "ours", "power", 10.0),
+                        row(131072, "fwd", "flex", "power", 13.0), row(131072, "fwd_bwd", "ours", "power", 30.0),
+                        row(131072, "fwd_bwd", "flex", "power", 39.0)],
+               decode=[dict(context=c, method="ours", pattern="power", us=us, bytes=6.3e6, GBps=6.3e6 / us / 1e3,
+                            blocks=12) for c, us in ((8192, 6.5), (131072, 6.7))],
+               errors=[dict(length=4096, pattern="power", dtype="bfloat16", fwd_rel_err=0.5, nan=False)])
+    verdicts = {c["id"]: c["verdict"] for c in validate(kb.kernel_claims(new))}
+    assert verdicts == {"fig4b_speedup_128k": "reproduced", "target_fwd_vs_flex": "reproduced",
+                        "target_fwd_vs_sdpa_128k": "reproduced", "target_fwd_bwd_vs_flex": "reproduced",
+                        "target_decode_flat_batch1": "reproduced", "target_decode_bw_batch1": "not reproduced",
+                        "sanity_kernel_errors": "not reproduced"}
+    none = kb.kernel_claims(None)
+    assert [c["verdict"] for c in none] == ["inconclusive"]
