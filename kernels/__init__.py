@@ -203,3 +203,8 @@ def _check_kernel_config(kernel_config):
 
 
 __all__ = ["sparse_attention", "sparse_decode", "reference_attention", "as_layout", "get_layout", "BACKENDS"]
+
+
+from .context_parallel import context_parallel_attention  # noqa: E402  (sequence-parallel entry point, issue 12)
+
+__all__ += ["context_parallel_attention"]
