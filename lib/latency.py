@@ -109,15 +109,20 @@ def register_no_attention():
     AttentionInterface.register(NO_ATTENTION, _no_attention_forward)
 
 
-def set_variant(model, name, block_size=256, **mask_config):
-    """Switch ``model`` (in place) to the variant ``name`` of ``VARIANTS``."""
+def set_variant(model, name, block_size=256, graph_kernel=True, **mask_config):
+    """Switch ``model`` (in place) to the variant ``name`` of ``VARIANTS``.
+
+    ``graph_kernel``: the block-sparse variants decode with the split-KV Triton kernel (True) or by
+    gathering the selected blocks for SDPA (False: the fallback when ``check_decode_kernel`` fails);
+    passed to ``lib.hf_attention.use_sparse_attention``. It only matters on CUDA.
+    """
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; expected one of {list(VARIANTS)}")
     v = VARIANTS[name]
     if v["attn"] == "block_sparse":
         return hf_attention.use_sparse_attention(model, v["pattern"], block_size=block_size, backend=v["backend"],
-                                                 max_context=1 << 30,
-                                                 decode="graph", **mask_config.get(v["pattern"], {}))
+                                                 max_context=1 << 30, decode="graph", graph_kernel=graph_kernel,
+                                                 **mask_config.get(v["pattern"], {}))
     if v["attn"] == NO_ATTENTION:
         register_no_attention()
     model.set_attn_implementation(v["attn"])
@@ -312,10 +317,11 @@ def decode_fits(model, context, batch, steps, margin_gib=4.0):
 def run_benchmark(model, contexts, variants=("full", "sliding_window", "power", "power_flex", NO_ATTENTION),
                   decode_variants=("full", "sliding_window", "power", NO_ATTENTION), decode_batches=(1,),
                   decode_steps=(1024,), prefill_repeats=1, block_size=256, mask_config=None, progress=True,
-                  decode_max_tokens=None, checkpoint=None):
+                  decode_max_tokens=None, checkpoint=None, graph_kernel=True):
     """Prefill and decode records for every (variant, context[, batch]); failures are recorded, not raised.
 
     ``decode_steps``: one number per entry of ``decode_batches``.
+    ``graph_kernel``: decode kernel of the block-sparse variants (see ``set_variant``).
     ``decode_max_tokens``: skip decode runs with batch x context above this (memory).
     ``checkpoint``: a JSON path rewritten after every record, so a run cut short keeps what it measured.
     Returns a list of dicts with keys phase, variant, context, batch, and the
@@ -333,7 +339,7 @@ def run_benchmark(model, contexts, variants=("full", "sliding_window", "power", 
     for phase, variant, context, batch, steps in tqdm(jobs, disable=not progress, desc="latency"):
         rec = dict(phase=phase, variant=variant, context=context, batch=batch)
         try:
-            set_variant(model, variant, block_size=block_size, **mask_config)
+            set_variant(model, variant, block_size=block_size, graph_kernel=graph_kernel, **mask_config)
             if phase == "prefill":
                 # Warm up where something may compile: a variant's first run (its kernels), the first
                 # run at a new length (the lean parts recompile for new shapes: seen once at 32K, where
@@ -396,9 +402,211 @@ def prefill_attention_flops(config, context, keys_per_query=None, batch=1):
     return 4 * h * d * context * keys * config.num_hidden_layers * batch
 
 
+# ----------------------------------------------------------------------------- the paper's claims and our targets
+#: Figure 4a / section 4.5 (Qwen2-7B on an A800, 128K context).
+PAPER = dict(prefill_speedup_128k=3.0, prefill_speedup_vs_minference_128k=1.3, decode_fraction_128k=0.58,
+             decode_fraction_vs_minference_128k=0.80)
+PAPER_CONTEXT = 131072
+PAPER_SHAPE = "qwen2-7b"
+#: Why the MInference baseline has no numbers (stored as ``results["minference"]``).
+MINFERENCE = "not measured: PyPI has only a source distribution that compiles CUDA extensions"
+#: The split-KV decode kernel is used only if its relative error vs float64 (bf16 inputs) is below this.
+DECODE_CHECK_TOL = 2e-2
+#: The project's own targets: a sparse decode step within 10% of the attention-skipped step, and flat in
+#: the context (max / min step over lengths) within 5%.
+TARGET_DECODE_OVER_SKIPPED = 1.1
+TARGET_DECODE_FLAT = 1.05
+
+
+def decode_kernel_ok(decode_check: dict) -> bool:
+    """Whether every pattern's kernel check (``hf_attention.check_decode_kernel``) passed.
+
+    ``decode_check``: {pattern: relative error, or the error message of a kernel that failed to run}.
+    An empty dict (nothing checked, e.g. no GPU) is not a pass.
+    """
+    return bool(decode_check) and all(isinstance(x, float) and x < DECODE_CHECK_TOL for x in decode_check.values())
+
+
+def _ctx(c) -> str:
+    return f"{c // 1024}K" if c >= 1024 else str(c)
+
+
+def _timings(records):
+    """{(variant, context): prefill seconds} and {(variant, context, batch): decode ms per step}, errors left out."""
+    pre, dec = {}, {}
+    for r in records:
+        if r.get("error") is not None:
+            continue
+        if r["phase"] == "prefill":
+            pre[(r["variant"], r["context"])] = r["seconds"]
+        else:
+            dec[(r["variant"], r["context"], r["batch"])] = r["ms_per_step"]
+    return pre, dec
+
+
+def _physics_at(results, context) -> dict:
+    return {int(p["context"]): p for p in results.get("physics", [])}.get(context, {})
+
+
+def _note(row: dict, note: str) -> dict:
+    row["why"] = f"{row['why']}; {note}"
+    return row
+
+
+def _why_not_comparable(results) -> str | None:
+    """Why this run cannot judge a latency claim (None: it can): the paper's claims need the GPU and its shape."""
+    device, shape = results.get("device"), results.get("shape")
+    if device != "cuda":
+        return (f"a {device} run of the '{shape}' model: its timings only show that the code path runs "
+                "(the committed GPU run judges these claims)")
+    if shape != PAPER_SHAPE:
+        return f"model shape '{shape}', not Qwen2-7B's"
+    return None
+
+
+def figure4a_claims(results: dict) -> list[dict]:
+    """The paper's Figure 4a claims and the project's latency targets (ids ``target_*``), as ``lib.claims`` rows.
+
+    ``results``: the dict notebook 09 stores in ``results.json`` (keys ``records``, ``physics``, ``device``,
+    ``shape``, ``minference``, ``decode_kernel_check``), so the committed GPU run's claims are
+    ``figure4a_claims(json.load(open("outputs/gpu/09_figure4a_latency/results.json")))``.
+    On a CPU / CI run (a tiny model) every claim is inconclusive: its timings cannot judge a GPU claim.
+    """
+    from lib.claims import check
+
+    pre, dec = _timings(results["records"])
+    off = _why_not_comparable(results)
+    P = PAPER_CONTEXT
+    out = []
+
+    # -- the paper: prefill 3.0x over full attention at 128K
+    want = PAPER["prefill_speedup_128k"]
+    contexts = sorted({c for _, c in pre})
+    top = P if P in contexts else (contexts[-1] if contexts else None)
+    full, power, skipped = (pre.get((v, top)) for v in ("full", "power", "no_attention"))
+    have = None not in (full, power)
+    row = check("F4a.prefill", "PowerAttention prefills 3.0x faster than full attention at 128K (Qwen2-7B)",
+                paper=f"{want}x (A800)",
+                ours=(f"{full / power:.2f}x at {_ctx(top)}" + (f" (attention skipped: {full / skipped:.2f}x, the most any "
+                                                                "sparse attention can give here)" if skipped else ""))
+                if have else "not measured",
+                holds=full / power >= want if have else None,
+                rule=f"full / PowerAttention prefill time at 128K >= {want}, batch 1, same run",
+                inconclusive=off or (None if top == P else "no prefill at 128K in this run"
+                                     + (f" (longest: {_ctx(top)})" if top else "")))
+    if row["verdict"] == "not reproduced" and skipped:
+        _note(row, f"the projections and MLP alone (attention skipped) take {skipped:.2f} s of full attention's "
+                   f"{full:.2f} s, so {want}x needs PowerAttention's own attention to take <= {full / want - skipped:.2f} s; "
+                   f"ours takes {power - skipped:.2f} s")
+    out.append(row)
+
+    # -- the paper: decoding takes 58% of full attention's time at 128K (batch 1)
+    want = PAPER["decode_fraction_128k"]
+    p, fg, fs = (dec.get((v, P, 1)) for v in ("power", "full_graph", "full"))
+    floor = _physics_at(results, P).get("power/full_floor_b1")
+    parts = []
+    if p and fg:
+        parts.append(f"{p / fg:.0%} of full attention decoded by the same split-KV kernel")
+    if p and fs:
+        parts.append(f"{p / fs:.0%} of transformers' SDPA decode")
+    if floor is not None:
+        parts.append(f"bytes floor {floor:.0%}")
+    row = check("F4a.decode", "Decoding 1024 tokens at 128K with PowerAttention takes 58% of full attention's time",
+                paper=f"{want:.0%} (A800, batch 1)", ours="; ".join(parts) or "not measured",
+                holds=p / fg <= want if (p and fg) else None,
+                rule=f"PowerAttention / full-attention decode step at 128K, batch 1, <= {want:.0%}, full attention decoded "
+                     "by the split-KV kernel the sparse variants use (the baseline that runs at its bytes)",
+                inconclusive=off or (None if (p and fg) else "no batch-1 decode of PowerAttention and the split-KV full "
+                                                               "attention at 128K in this run"))
+    if row["verdict"] == "not reproduced" and floor is not None and floor > want:
+        _note(row, f"a step reads all weights once, so (weights + PowerAttention's KV) / (weights + the whole KV) = "
+                   f"{floor:.0%} bounds the ratio from below, a ratio of bytes the same on any GPU: the paper's "
+                   f"{want:.0%} needs a full-attention decode slower than its bytes, as transformers' SDPA decode is here")
+    out.append(row)
+
+    # -- the paper: MInference (not installable here)
+    reason = results.get("minference", MINFERENCE)
+    out.append(check("F4a.minference_prefill", "PowerAttention prefills 1.3x faster than MInference at 128K",
+                     paper=f"{PAPER['prefill_speedup_vs_minference_128k']}x", ours="MInference not measured", holds=None,
+                     rule="MInference / PowerAttention prefill time at 128K >= 1.3", inconclusive=reason))
+    out.append(check("F4a.minference_decode", "PowerAttention decodes in 80% of MInference's time at 128K",
+                     paper=f"{PAPER['decode_fraction_vs_minference_128k']:.0%}", ours="MInference not measured",
+                     holds=None, rule="PowerAttention / MInference decode time at 128K <= 80%", inconclusive=reason))
+
+    # -- our targets
+    flex = [(c, pre[("power", c)], pre[("power_flex", c)]) for c in contexts
+            if ("power", c) in pre and ("power_flex", c) in pre]
+    out.append(check("target_prefill_vs_flex", "Our Triton kernels prefill PowerAttention faster than FlexAttention "
+                     "at every length", paper="(project target)",
+                     ours=", ".join(f"{_ctx(c)} {f / o:.2f}x" for c, o, f in flex) + " (FlexAttention time / ours)"
+                     if flex else "not measured",
+                     holds=all(o < f for _, o, f in flex) if flex else None,
+                     rule="PowerAttention prefill time, ours < FlexAttention's, at every length", inconclusive=off))
+    batches = sorted({b for (v, _, b) in dec if v == "power"})
+    for b in batches:
+        cs = sorted(c for (v, c, bb) in dec if v == "power" and bb == b)
+        ratios = [(c, dec[("power", c, b)] / dec[("no_attention", c, b)]) for c in cs if ("no_attention", c, b) in dec]
+        out.append(check(f"target_decode_floor_b{b}", f"Batch {b}: a PowerAttention decode step costs at most 10% more "
+                         "than a step with attention skipped, at every length", paper="(project target)",
+                         ours=", ".join(f"{_ctx(c)} {r:.3f}" for c, r in ratios) if ratios else "not measured",
+                         holds=max(r for _, r in ratios) <= TARGET_DECODE_OVER_SKIPPED if ratios else None,
+                         rule=f"PowerAttention step / attention-skipped step <= {TARGET_DECODE_OVER_SKIPPED} at every "
+                              "length", inconclusive=off))
+        steps = [dec[("power", c, b)] for c in cs]
+        flat = max(steps) / min(steps)
+        out.append(check(f"target_decode_flat_b{b}", f"Batch {b}: PowerAttention's decode step does not grow with "
+                         "the context", paper="(project target; the paper: comparable to sliding window)",
+                         ours=f"max / min step over {_ctx(cs[0])}-{_ctx(cs[-1])} = {flat:.3f}",
+                         holds=flat <= TARGET_DECODE_FLAT, rule=f"max / min step over the lengths <= {TARGET_DECODE_FLAT}",
+                         inconclusive=off or (None if len(cs) > 1 else "a single context length")))
+    chk = results.get("decode_kernel_check") or {}
+    out.append(check("check_decode_kernel", "The split-KV decode kernel timed here agrees with a float64 reference",
+                     paper="(our code)", ours=", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k}: {v}"
+                                                        for k, v in chk.items()) or "not run",
+                     holds=decode_kernel_ok(chk), kind="sanity",
+                     rule=f"relative error < {DECODE_CHECK_TOL} for every pattern checked (bf16 inputs), else the "
+                          "sparse variants fall back to gather + SDPA",
+                     inconclusive=None if results.get("device") == "cuda" else "no CUDA device: the kernel check runs "
+                                                                               "on the GPU only"))
+    return out
+
+
+def figure4a_notes(results: dict) -> list[str]:
+    """summary.md lines of notebook 09: where the numbers come from and why they differ from the paper's."""
+    pre, dec = _timings(results["records"])
+    contexts = sorted({c for _, c in pre})
+    head = [f"Source: this run (device {results.get('device')}, model shape {results.get('shape')}); decode kernel: "
+            f"{results.get('decode_impl')}. MInference: {results.get('minference', MINFERENCE)}.\n"]
+    if _why_not_comparable(results):
+        head.append("The claims are inconclusive here by rule: " + _why_not_comparable(results) + ". The numbers that "
+                    "replicate Figure 4a are in outputs/gpu/09_figure4a_latency/summary.md.\n")
+    notes = []  # bullets: why our numbers differ from the paper's
+    if contexts:
+        top = contexts[-1]
+        full, skipped = pre.get(("full", top)), pre.get(("no_attention", top))
+        if full and skipped:
+            notes.append(f"- Prefill at {_ctx(top)}: the projections and MLP alone (attention skipped) take {skipped:.2f} s "
+                         f"of full attention's {full:.2f} s, so no sparse attention can exceed {full / skipped:.2f}x here.")
+        phys = _physics_at(results, top)
+        floors = [(k.rsplit("_b", 1)[1], v) for k, v in phys.items() if k.startswith("power/full_floor_b")]
+        if floors:
+            notes.append(f"- Decode: a step reads all weights once; the bytes floor of PowerAttention / full attention at "
+                         f"{_ctx(top)} is " + ", ".join(f"{v:.0%} at batch {b}" for b, v in floors)
+                         + " (a ratio of bytes, the same on any GPU).")
+    for b in sorted({b for (v, _, b) in dec if v == "power"}):
+        cs = sorted(c for (v, c, bb) in dec if v == "power" and bb == b)
+        for base in ("full_graph", "full"):
+            fr = [(c, dec[("power", c, b)] / dec[(base, c, b)]) for c in cs if (base, c, b) in dec]
+            if fr:
+                notes.append(f"- Decode, batch {b}: PowerAttention / {VARIANTS[base]['label']}: "
+                             + ", ".join(f"{_ctx(c)} {r:.0%}" for c, r in fr) + ".")
+    return head + ["\n".join(notes)] if notes else head
+
+
 __all__ = [
     "QWEN2_7B", "TINY", "SHAPES", "VARIANTS", "NO_ATTENTION", "build_model", "load_pretrained", "set_variant",
     "make_lean", "time_prefill", "time_decode", "decode_fits", "run_benchmark", "weight_bytes",
     "decode_weight_bytes", "kv_bytes", "decode_floor_ms", "attended_tokens", "prefill_linear_flops",
-    "prefill_attention_flops",
+    "prefill_attention_flops", "PAPER", "PAPER_CONTEXT", "PAPER_SHAPE", "MINFERENCE", "DECODE_CHECK_TOL",
+    "TARGET_DECODE_OVER_SKIPPED", "TARGET_DECODE_FLAT", "decode_kernel_ok", "figure4a_claims", "figure4a_notes",
 ]

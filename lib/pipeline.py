@@ -376,11 +376,10 @@ class Runner:
                            or (u == f"probe/{p}/trained" and r == 0)]
                 if pending:
                     self._pattern(p, pending, status, [seeds[r]])
-            if r == 0:
-                for uid in unit_ids(cfg):
-                    if uid.startswith("probe/") and uid.endswith("/untrained") and not done(self.artifacts, uid):
-                        p = uid.split("/")[1]
-                        self._timed(uid, status, lambda: self._untrained_probe(p))
+        for uid in unit_ids(cfg):  # after every seed: the seeds carry Figure 3, these only Figure 5's baselines
+            if uid.startswith("probe/") and uid.endswith("/untrained") and not done(self.artifacts, uid):
+                p = uid.split("/")[1]
+                self._timed(uid, status, lambda: self._untrained_probe(p))
         if cfg["ruler"]["enabled"] and cfg["train"]:
             for s in cfg["ruler"]["seeds"]:
                 for p in cfg["patterns"]:
