@@ -476,23 +476,11 @@ def _local_checks(q, k, v, pattern, block_size, scale, overlap, compute, config)
     """Return (metadata values, error message or "", description) for this rank's input; never raises."""
     meta = dict.fromkeys(_META, 0)
     try:
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            if t.dim() != 4:
-                raise ValueError(f"{name} must be 4-D [batch, heads, local_seq, head_dim], got shape {tuple(t.shape)}")
-        if not (q.device == k.device == v.device):
-            raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
-            raise TypeError(f"q, k, v must share one of {[str(d) for d in _DTYPES]}, got {q.dtype}, {k.dtype}, {v.dtype}")
-        if k.shape != v.shape:
-            raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
-        if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[3] != k.shape[3]:
-            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, local length and head_dim")
-        if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
-            raise ValueError(f"query heads ({q.shape[1]}) must be a positive multiple of key/value heads ({k.shape[1]})")
-        if q.shape[2] == 0:
-            raise ValueError("the local shard is empty (every rank must hold at least one token)")
+        from . import _check_tensors  # the entry points' shared checks: types, 4-D, device, dtype, GQA, lengths
+
+        _check_tensors(q, k, v, "reference")
+        if q.shape[2] != k.shape[2]:
+            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in the local length")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         if isinstance(pattern, str):

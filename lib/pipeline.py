@@ -77,7 +77,7 @@ def _merge(base: dict, override: dict | None, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
         if k not in out:
-            raise ValueError(f"unknown pipeline parameter {where}{k!r}; accepted: {sorted(out)}")
+            raise ValueError(f"unknown pipeline parameter '{where}{k}'; accepted: {sorted(out)}")
         out[k] = _merge(out[k], v, f"{where}{k}.") if isinstance(out[k], dict) and isinstance(v, dict) and k != "seeds" \
             else copy.deepcopy(v)
     return out
@@ -93,6 +93,11 @@ def config(params: dict | None = None) -> dict:
     if bad:
         raise ValueError(f"unknown pattern(s) {bad}; expected names from {list(masks.PATTERNS)}")
     cfg["masks"] = {p: masks.section41_config(p, cfg["design_blocks"]) for p in masks.PATTERNS}
+    for p in cfg["patterns"]:  # a sparse pattern must stay sparse at the block count it is designed for
+        row = int(masks.block_layout(p, cfg["design_blocks"], **cfg["masks"][p])[-1].sum())
+        if p != "full" and row >= cfg["design_blocks"]:
+            raise ValueError(f"{p}'s configuration {cfg['masks'][p]} reads all {row} blocks of the last row at "
+                             f"design_blocks={cfg['design_blocks']}: not a sparse pattern at that block count")
     ft = cfg["finetune"]
     for key in ("steps", "batch"):
         if not isinstance(ft[key], list) or len(ft[key]) != len(ft["lengths"]):

@@ -24,5 +24,10 @@ def check_int(name: str, value, minimum: int, pattern: str) -> int:
     return value
 
 
+def check_ints(pattern: str, **specs) -> dict:
+    """``{name: (value, minimum)}`` -> ``{name: int}``, each checked by ``check_int`` (a pattern's ``validate``)."""
+    return {name: check_int(name, value, minimum, pattern) for name, (value, minimum) in specs.items()}
+
+
 def is_power_of_two(x: int) -> bool:
     return x >= 1 and (x & (x - 1)) == 0

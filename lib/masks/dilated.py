@@ -12,17 +12,13 @@ How we read Algorithm 4 as printed:
   2k+1 are unreachable", "only access 50% of the tokens"), so we read it as
   empty: the diagonal block (distance 0) is already in the dilated set.
 """
-from ._common import check_int
+from ._common import check_ints
 
 DEFAULTS = dict(window=20, dilation=1, sink=0)
 
 
 def validate(window=20, dilation=1, sink=0) -> dict:
-    return dict(
-        window=check_int("window", window, 1, "dilated"),
-        dilation=check_int("dilation", dilation, 0, "dilated"),
-        sink=check_int("sink", sink, 0, "dilated"),
-    )
+    return check_ints("dilated", window=(window, 1), dilation=(dilation, 0), sink=(sink, 0))
 
 
 def blocks(q_blk, kv_blk, *, window, dilation, sink):

@@ -10,7 +10,7 @@ transformers integration as ``"distance_set"`` with these keywords.
 """
 import numbers
 
-from ._common import check_int
+from ._common import check_ints
 
 DEFAULTS = dict(distances=(), window=1, sink=0)
 MAX_DISTANCES = 256
@@ -27,11 +27,7 @@ def validate(distances=(), window=1, sink=0) -> dict:
     values = tuple(sorted(set(values)))
     if len(values) > MAX_DISTANCES:
         raise ValueError(f"distance_set: at most {MAX_DISTANCES} distances, got {len(values)}")
-    return dict(
-        distances=values,
-        window=check_int("window", window, 1, "distance_set"),
-        sink=check_int("sink", sink, 0, "distance_set"),
-    )
+    return dict(distances=values, **check_ints("distance_set", window=(window, 1), sink=(sink, 0)))
 
 
 def blocks(q_blk, kv_blk, *, distances, window, sink):

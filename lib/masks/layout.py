@@ -220,19 +220,14 @@ class BlockLayout:
         order = torch.where(torch.arange(m)[None, :] < counts[:, None], order, last)
         return order.contiguous(), counts.contiguous(), full_counts.contiguous()
 
-    @property
-    def kv_indices(self) -> torch.Tensor:
-        """int32 ``[nb, max_count]``: each query block's key blocks, full ones first (ascending), then
-        partial ones; padded with the row's last entry."""
-        return self._rows[0]
-
-    @property
-    def kv_counts(self) -> torch.Tensor:
-        return self._rows[1]
-
-    @property
-    def kv_full_counts(self) -> torch.Tensor:
-        return self._rows[2]
+    # The lists the kernels read (``_rows``: per query block; ``_transposed``: per key block).
+    kv_indices = property(lambda self: self._rows[0], doc="int32 ``[nb, max_count]``: each query block's key "
+                          "blocks, full ones first (ascending), then partial ones; padded with the row's last entry.")
+    kv_counts = property(lambda self: self._rows[1], doc="int32 ``[nb]``: key blocks per query block.")
+    kv_full_counts = property(lambda self: self._rows[2], doc="int32 ``[nb]``: full key blocks per query block.")
+    q_indices = property(lambda self: self._transposed[0], doc="int32 ``[nb, max]``: per key block, the query "
+                         "blocks that read it (ascending, padded).")
+    q_counts = property(lambda self: self._transposed[1], doc="int32 ``[nb]``: query blocks per key block.")
 
     @property
     def max_count(self) -> int:
@@ -242,15 +237,6 @@ class BlockLayout:
     @functools.cached_property
     def _transposed(self):
         return compress_rows(self._dense.t().contiguous())
-
-    @property
-    def q_indices(self) -> torch.Tensor:
-        """int32 ``[nb, max]``: per key block, the query blocks that read it (ascending, padded)."""
-        return self._transposed[0]
-
-    @property
-    def q_counts(self) -> torch.Tensor:
-        return self._transposed[1]
 
     def work_items(self, chunk: int = 16):
         """dK/dV work items: per key block, its query blocks cut into chunks of at most ``chunk``

@@ -5,16 +5,13 @@ Section 4.1 configuration (5-block window, 1 sink block) a row of 128 blocks
 attends 5 window blocks (distances 0-4), the sink, and distances 8, 16, 32,
 64: 10 blocks, each extra doubling of the context adding one block.
 """
-from ._common import check_int
+from ._common import check_ints
 
 DEFAULTS = dict(window=5, sink=1)
 
 
 def validate(window=5, sink=1) -> dict:
-    return dict(
-        window=check_int("window", window, 1, "power"),
-        sink=check_int("sink", sink, 0, "power"),
-    )
+    return check_ints("power", window=(window, 1), sink=(sink, 0))
 
 
 def blocks(q_blk, kv_blk, *, window, sink):

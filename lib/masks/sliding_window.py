@@ -4,16 +4,13 @@ Section 4.1: a 9-block local window plus 1 sink block = 10 blocks per row.
 ``window`` counts blocks *including* the query's own (diagonal) block:
 ``q_blk - kv_blk < window``.
 """
-from ._common import check_int
+from ._common import check_ints
 
 DEFAULTS = dict(window=9, sink=1)
 
 
 def validate(window=9, sink=1) -> dict:
-    return dict(
-        window=check_int("window", window, 1, "sliding_window"),
-        sink=check_int("sink", sink, 0, "sliding_window"),
-    )
+    return check_ints("sliding_window", window=(window, 1), sink=(sink, 0))
 
 
 def blocks(q_blk, kv_blk, *, window, sink):

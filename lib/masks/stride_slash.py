@@ -12,7 +12,7 @@ which keeps the 3-slash-block (10 blocks per row) budget.
 """
 import math
 
-from ._common import check_int
+from ._common import check_int, check_ints
 
 DEFAULTS = dict(window=6, stride=32, sink=1)
 
@@ -25,11 +25,7 @@ def paper_stride(num_blocks: int, slash_blocks: int = 3) -> int:
 
 
 def validate(window=6, stride=32, sink=1) -> dict:
-    return dict(
-        window=check_int("window", window, 1, "stride_slash"),
-        stride=check_int("stride", stride, 1, "stride_slash"),
-        sink=check_int("sink", sink, 0, "stride_slash"),
-    )
+    return check_ints("stride_slash", window=(window, 1), stride=(stride, 1), sink=(sink, 0))
 
 
 def blocks(q_blk, kv_blk, *, window, stride, sink):
