@@ -9,9 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Notebooks that share trained checkpoints (Figure 1b reuses Figure 3's) run in one
-# xdist worker, one after the other, so they never train the same model twice at once.
-SHARED_CACHE = {"04_figure3_passkey": "accuracy", "05_figure1b_alpha": "accuracy"}
+# The accuracy notebooks share one cached run of lib.pipeline (params/accuracy/ci.yaml): they run in one
+# xdist worker, one after the other, so two never compute (and write) the same run at once.
+SHARED_CACHE = {nb: "accuracy" for nb in ("04_figure3_passkey", "05_figure1b_alpha", "06_table1_perplexity",
+                                          "10_figure5_probing")}
 
 
 def _executed_params():
