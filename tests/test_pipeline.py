@@ -11,7 +11,7 @@ from lib.data.text import TokenStream, eval_windows
 from lib.models import load_pretrained
 
 TINY = dict(
-    model="tiny-llama", block_size=64, design_blocks=8, patterns=["power", "full"], seeds={"default": [0]},
+    model="tiny-llama", block_size=64, design_blocks=16, patterns=["power", "full"], seeds={"default": [0]},
     corpus=dict(name="synthetic", max_train_works=6),
     ppl=dict(lengths=[256], tokens=512, batch_tokens=1024),
     cpt=dict(seq_len=256, steps=2, batch_tokens=512, lr=1e-3, warmup=1),
