@@ -51,7 +51,7 @@ DEFAULTS = dict(
     design_blocks=128,
     patterns=["power", "stride_slash", "sliding_window", "full", "dilated", "longnet"],
     seeds={"default": [0]},
-    corpus=dict(name="books", path=".cache/corpora/books/books.jsonl.gz", max_train_works=None),
+    corpus=dict(name="books", path=".cache/corpora/books/books.jsonl.gz", max_train_works=None, max_heldout_works=None),
     ppl=dict(lengths=[1024, 2048, 4096, 8192], tokens=131072, batch_tokens=65536),
     cpt=dict(seq_len=8192, steps=100, batch_tokens=65536, lr=5e-5, warmup=10, decay="cosine", seed=0),
     finetune=dict(lengths=[1024, 2048, 4096, 8192], steps=[30, 30, 30, 30], batch=[16, 16, 8, 8], lr=3e-5,
@@ -522,12 +522,18 @@ def corpus_split(corpus: dict):
         train, heldout = split_works(load_books(path))
         train_docs = [b["text"] for b in train][: corpus.get("max_train_works") or None]
         return train_docs, [b["text"] for b in heldout]
+    if name == "pg19":  # machines that reach the Hugging Face hub (or local files with a `text` column)
+        from lib.data.corpus import load_pg19
+
+        files = corpus.get("path") if str(corpus.get("path", "")).endswith((".json", ".jsonl", ".parquet")) else None
+        train = load_pg19("train", max_books=corpus.get("max_train_works"), data_files=files)
+        return train, load_pg19("test", max_books=corpus.get("max_heldout_works") or 20, data_files=files)
     if name == "synthetic":
         from lib.data.corpus import synthetic_corpus
 
         docs = synthetic_corpus(n_docs=corpus.get("max_train_works") or 6, sentences_per_doc=600)
         return docs[:-2], docs[-2:]
-    raise ValueError(f"unknown corpus {name!r}; expected 'books' or 'synthetic'")
+    raise ValueError(f"unknown corpus {name!r}; expected 'books', 'pg19' or 'synthetic'")
 
 
 # ----------------------------------------------------------------------------- probes (CPU, background)

@@ -22,16 +22,10 @@ import torch.distributed as dist
 import kernels
 from kernels import context_parallel as cp
 from lib import masks
+from _configs import SMALL_CONFIGS
 
 # Small configs so that several blocks per rank exist at tiny lengths (as in tests/test_kernels.py).
-CONFIGS = {
-    "full": {},
-    "sliding_window": dict(window=3, sink=1),
-    "stride_slash": dict(window=2, stride=3, sink=1),
-    "dilated": dict(window=6, dilation=1),
-    "longnet": dict(segments=(2, 4, 8), dilations=(1, 2, 4)),
-    "power": dict(window=2, sink=1),
-}
+CONFIGS = SMALL_CONFIGS
 SPAWN_TIMEOUT = 120  # seconds before the ranks are killed (a run takes a few)
 
 

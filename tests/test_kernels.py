@@ -16,19 +16,13 @@ import kernels
 from kernels import plan as kplan
 from kernels.reference import reference_attention
 from lib import masks
+from _configs import SMALL_CONFIGS
 
 # Tile overrides (kernels.tiles): 16x16 tiles, so a 32-token block spans several tiles; plain dicts change only
 # the settings they name (warps, stages and TMA stay the table's).
 SMALL_TILES = {kernel: dict(BLOCK_M=16, BLOCK_N=16) for kernel in ("fwd", "dq", "dkdv")}
 # Small configs so the interpreter still sees several blocks per row at tiny lengths.
-CONFIGS = {
-    "full": {},
-    "sliding_window": dict(window=3, sink=1),
-    "stride_slash": dict(window=2, stride=3, sink=1),
-    "dilated": dict(window=6, dilation=1),
-    "longnet": dict(segments=(2, 4, 8), dilations=(1, 2, 4)),
-    "power": dict(window=2, sink=1),
-}
+CONFIGS = SMALL_CONFIGS
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 
 

@@ -8,15 +8,9 @@ from hypothesis import strategies as st
 
 from lib import masks
 
-CONFIGS = {
-    "full": {},
-    "sliding_window": dict(window=3, sink=1),
-    "stride_slash": dict(window=2, stride=3, sink=1),
-    "dilated": dict(window=6, dilation=1),
-    "longnet": dict(segments=(2, 4, 8), dilations=(1, 2, 4)),
-    "power": dict(window=2, sink=1),
-    "distance_set": dict(distances=(3, 5), window=2, sink=1),
-}
+from _configs import SMALL_CONFIGS
+
+CONFIGS = {**SMALL_CONFIGS, "distance_set": dict(distances=(3, 5), window=2, sink=1)}
 
 
 @settings(max_examples=40, deadline=None)

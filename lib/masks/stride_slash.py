@@ -7,8 +7,10 @@ Section 4.1 gives "6-block local window, 1 block of sink tokens, and 3 blocks
 of slash tokens" but no stride. We read it as: the stride that leaves 3 slash
 blocks outside the window in the longest row. At the paper's 32K context
 (128 blocks of 256 tokens) that is ``stride = 32`` (slashes at distances
-32, 64, 96), our default. At other lengths use ``paper_stride(num_blocks)``,
-which keeps the 3-slash-block (10 blocks per row) budget.
+32, 64, 96), our default. ``lib.masks.section41_config("stride_slash", n)``
+uses ``paper_stride(n)``: the 3-slash-block (10 blocks per row) budget at n
+blocks. A model is designed for one geometry, so the experiments call it once,
+at the design block count (128), and keep that stride at every length.
 """
 import math
 
