@@ -32,7 +32,6 @@ Figure 1b (alpha_k at the 32K analogue, k = 1..depth)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -573,10 +572,6 @@ def gpu_minutes(run: Run) -> pd.DataFrame:
             for uid, u in run.units.items() if not uid.startswith("_run")]
     d = pd.DataFrame(rows)
     return d
-
-
-def write_json(obj, path):
-    Path(path).write_text(json.dumps(obj, indent=1, default=str))
 
 
 __all__ = ["PAPER_TABLE1", "Run", "figure5_claims", "retrieval_depth_note", "obtain", "probe_grids", "add_reach", "alpha_table", "figure1b_claims", "figure3_claims", "gpu_minutes",

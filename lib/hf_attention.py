@@ -30,7 +30,6 @@ Layers listed in ``full_layers`` (the Section 4.4 hybrid) use causal SDPA.
 from __future__ import annotations
 
 import math
-import warnings
 from functools import lru_cache
 
 import torch

@@ -41,7 +41,7 @@ from lib import hf_attention, masks
 from lib.data.passkey import PasskeyBuilder, PasskeyPieces, PasskeyTask
 from lib.data.text import TokenStream, eval_windows
 from lib.evaluation import passkey_records, perplexity
-from lib.train import TimeBudgetExceeded, TrainSchedule, make_optimizer, train_loop
+from lib.train import TimeBudgetExceeded, TrainSchedule, train_loop
 
 PIPELINE_VERSION = 1
 

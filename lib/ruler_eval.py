@@ -14,7 +14,6 @@ Claims (rules written before any run, checked per length on the mean score over 
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
