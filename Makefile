@@ -82,8 +82,9 @@ $(OUT)/%.ipynb: notebooks/%.ipynb params/%/$(PROFILE).yaml $(CODE) | $(ENV_STAMP
 # execute runs it (cached in .cache/accuracy), the others reuse it; the cpu profile needs the book corpus.
 ACCURACY := 04_figure3_passkey 05_figure1b_alpha 06_table1_perplexity 10_figure5_probing
 $(ACCURACY:%=$(OUT)/%.ipynb): params/accuracy/$(PROFILE).yaml
+$(OUT)/07_table2_ruler.ipynb: $(wildcard params/accuracy/*.yaml)
 ifeq ($(PROFILE),cpu)
-$(ACCURACY:%=$(OUT)/%.ipynb): $(BOOKS)
+$(ACCURACY:%=$(OUT)/%.ipynb) $(OUT)/07_table2_ruler.ipynb: $(BOOKS)
 endif
 $(OUT)/05_figure1b_alpha.ipynb: $(OUT)/04_figure3_passkey.ipynb
 $(OUT)/04_figure3_passkey.ipynb: $(OUT)/06_table1_perplexity.ipynb

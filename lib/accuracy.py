@@ -536,11 +536,16 @@ def figure5_claims(run: Run) -> list[dict]:
               "P.untrained": ("Untrained, PowerAttention has a slight advantage over sliding window", "power slightly better")}
     have = {c["id"] for c in out}
     probed = ", ".join(f"{masks.LABELS[p]} ({t})" for p, t in grids)
+    unfitted = [u.split("/")[1:] for u in run.units if u.startswith("probe/")
+                and u.replace("probe/", "probefit/", 1) not in run.units]
+    why = "the run's budget ended before these models were probed"
+    if unfitted:
+        why += ("; extracted but never fitted (the machine went back before the probe fitter reached them): " +
+                ", ".join(f"{masks.LABELS[p]} ({t})" for p, t in unfitted))
     for cid, (text, paper) in wanted.items():
         if cid not in have:
             out.append(check(cid, text, paper=paper, ours=f"not probed (probed: {probed})", holds=None,
-                             rule="see lib.accuracy.figure5_claims",
-                             inconclusive="the run's budget ended before these models were probed"))
+                             rule="see lib.accuracy.figure5_claims", inconclusive=why))
     return out
 
 

@@ -63,7 +63,7 @@ DEFAULTS = dict(
                  trained=["sliding_window", "power"], folds=5, jobs=-1, batch_size=8),
     ruler=dict(enabled=False, lengths=[1024, 2048, 4096, 8192], n=100, tasks=None, seeds=[0], eval_seed=4321,
                ft=dict(seq_len=4096, steps=60, batch=8, lr=3e-5, warmup=5), hybrid_every=7, hybrid_full=2,
-               haystack_works=8, batch_size=8),
+               haystack_works=8, batch_size=8, batch_tokens=None),
     train=True,
     micro_batch_tokens=65536,
     eval_batch_tokens=65536,
@@ -343,9 +343,10 @@ class Runner:
             self.set_pattern(pattern)
         return dict(records=out, rope=dict(type="dynamic", factor=lg["rope_factor"]))
 
-    def probe_features(self, pattern: str, tag: str) -> dict:
+    def probe_features(self, pattern: str, tag: str, background_fit: bool = True) -> dict:
         """Pooled hidden states of the probing task, saved in ``work/``; the probes are fitted on the
-        CPU cores by a background process (``python -m lib.pipeline --fit-probes``) while the GPU goes on."""
+        CPU cores by a background process (``python -m lib.pipeline --fit-probes``) while the GPU goes on
+        (``background_fit=False``: the caller fits them, with ``fit_probes``)."""
         from lib.data.probing import probing_task
         from lib.probing import pooled_hidden_states
 
@@ -358,7 +359,7 @@ class Runner:
         np.save(stem.with_suffix(".labels.npy"), np.asarray(task["labels"]))
         np.save(stem.with_suffix(".tmp.npy"), feats)
         stem.with_suffix(".tmp.npy").replace(stem.with_suffix(".features.npy"))  # complete files only
-        if self.fitter is None or self.fitter.poll() is not None:
+        if background_fit and (self.fitter is None or self.fitter.poll() is not None):
             self.fitter = start_probe_fitter(self.work, self.artifacts, self.cfg)
         return dict(needle_block=int(task["needle_block"]), words=list(task["words"]), n=int(len(task["labels"])),
                     seq_len=pc["seq_len"], features=str(stem.with_suffix(".features.npy")), shape=list(feats.shape))
@@ -376,7 +377,8 @@ class Runner:
                 seeds = seeds_for(cfg, p)
                 if r >= len(seeds):
                     continue
-                mine = [u for u in unit_ids(cfg) if u.split("/")[1] == p and not done(self.artifacts, u)]
+                mine = [u for u in unit_ids(cfg) if u.split("/")[1] == p and not done(self.artifacts, u)
+                        and not u.startswith(("ruler/", "ruler-ft/"))]  # RULER runs last, from its own loop
                 pending = [u for u in mine if u.split("/")[0] in base_units or u.endswith(f"/s{seeds[r]}")
                            or (u == f"probe/{p}/trained" and r == 0)]
                 if pending:
@@ -410,7 +412,7 @@ class Runner:
         train_tasks = [t for t in tasks if not t.startswith("qa_")]  # QA data needs the hub
         path = self.work / f"ruler-{p}-s{seed}.pt"
         if not done(self.artifacts, f"ruler-ft/{p}/s{seed}") or not path.exists():
-            self.load_state(self.work / f"cpt-{p}.pt")
+            self.load_state(self._cpt_weights(p, status))
             self.set_pattern(p, full_layers)
             ft = rc["ft"]
             sched = TrainSchedule(steps=ft["steps"], lr=ft["lr"], warmup=ft["warmup"], decay="cosine")
@@ -427,8 +429,25 @@ class Runner:
         self.set_pattern(p, full_layers)
         self._timed(f"ruler/{p}/s{seed}", status, lambda: dict(full_layers=list(full_layers), records=ruler_eval.evaluate(
             self.model, self.tokenizer, tasks=tasks, lengths=rc["lengths"], n=rc["n"], seed=rc["eval_seed"] + seed,
-            haystack=heldout, batch_size=rc["batch_size"], progress=self.progress)))
+            haystack=heldout, batch_size=rc["batch_size"], batch_tokens=rc["batch_tokens"], progress=self.progress)))
         self.set_pattern(p)
+
+    def _cpt_weights(self, p, status) -> Path:
+        """The continued-pretrained weights of ``p`` in ``work/``, trained here if missing. Weights do not
+        outlive a machine: when ``cpt/{p}`` is done but its weights are gone, the same recipe (same windows, same
+        order, same schedule) runs again as unit ``cpt-again/{p}``, so the first run's record stays as it was and
+        the two loss curves can be compared (equal up to GPU nondeterminism)."""
+        path = self.work / f"cpt-{p}.pt"
+        if path.exists():
+            return path
+        uid = f"cpt/{p}" if not done(self.artifacts, f"cpt/{p}") else f"cpt-again/{p}"
+        if uid.startswith("cpt-again"):
+            self.log(f"cpt/{p}: weights missing on this machine, retraining as {uid}")
+        self.load_state(self.base_state)
+        self.set_pattern(p)
+        self._timed(uid, status, lambda: self.cpt(p))
+        self.save_state(path)
+        return path
 
     def _untrained_probe(self, p):
         self.load_state(self.base_state)
@@ -464,12 +483,7 @@ class Runner:
         if not cfg["train"]:
             return
         if f"cpt/{p}" in pending or not cpt_path.exists():
-            self.load_state(self.base_state)
-            if done(self.artifacts, f"cpt/{p}") and not cpt_path.exists():
-                # the weights were lost with a machine: retrain them (same data, same result up to nondeterminism)
-                self.log(f"cpt/{p}: weights missing, retraining")
-            self._timed(f"cpt/{p}", status, lambda: self.cpt(p))
-            self.save_state(cpt_path)
+            self._cpt_weights(p, status)
         if f"ppl-cpt/{p}" in pending:
             self.load_state(cpt_path)
             self._timed(f"ppl-cpt/{p}", status, self.ppl)
@@ -548,7 +562,7 @@ def fit_probes(work, artifacts, folds: int = 5, n_jobs: int = -1, wait_s: float 
     fitted = []
     stop = time.monotonic() + wait_s
     while True:
-        pending = []
+        pending, fitted_before = [], len(fitted)
         for feat in sorted(Path(work).glob("probe-*.features.npy")):
             pattern, tag = feat.name[len("probe-"):-len(".features.npy")].rsplit("-", 1)
             uid = f"probefit/{pattern}/{tag}"
@@ -572,6 +586,8 @@ def fit_probes(work, artifacts, folds: int = 5, n_jobs: int = -1, wait_s: float 
             finally:
                 os.close(fd)
                 lock.unlink(missing_ok=True)
+        if len(fitted) > fitted_before:
+            continue  # features saved while this pass was fitting (a running pipeline) get their turn too
         if not pending or time.monotonic() > stop:
             return fitted
         time.sleep(5)
@@ -587,9 +603,15 @@ def start_probe_fitter(work, artifacts, cfg) -> subprocess.Popen:
 
 
 # ----------------------------------------------------------------------------- throughput (plan the budget)
-def throughput(params: dict, patterns=("full", "power"), steps: int = 3, log=print) -> list[dict]:
+def throughput(params: dict, patterns=("full", "power"), steps: int = 3, log=print,
+               parts=("train", "generate")) -> list[dict]:
     """Seconds per training step and per evaluated token on a random-weight model of the configured
-    architecture (no weights needed), to choose step counts before the real run. Same code path."""
+    architecture (no weights needed), to choose step counts before the real run. Same code path.
+    ``parts``: "train" (training steps and evaluation at each length), "generate" (RULER's generation,
+    when the ``ruler`` section is enabled)."""
+    unknown = set(parts) - {"train", "generate"}
+    if unknown:
+        raise ValueError(f"unknown throughput parts {sorted(unknown)}; accepted: train, generate")
     from lib.models import load_pretrained
 
     cfg = config(params)
@@ -607,7 +629,7 @@ def throughput(params: dict, patterns=("full", "power"), steps: int = 3, log=pri
         model = load_pretrained(cfg["model"], device=device)[0]
     rows = []
     vocab = model.config.vocab_size
-    for p in patterns:
+    for p in patterns if "train" in parts else ():
         hf_attention.use_sparse_attention(model, p, block_size=cfg["block_size"], backend=cfg["backend"],
                                           **cfg["masks"][p])
         for L, B in [(cfg["cpt"]["seq_len"], max(1, cfg["cpt"]["batch_tokens"] // cfg["cpt"]["seq_len"]))] + \
@@ -644,6 +666,43 @@ def throughput(params: dict, patterns=("full", "power"), steps: int = 3, log=pri
             ev = time.monotonic() - t0
             rows.append(dict(pattern=p, seq_len=L, batch=B, step_s=step_s, train_tok_s=B * L / step_s,
                              eval_tok_s=n_eval * L / ev, peak_gib=peak))
+            log(json.dumps(rows[-1]))
+    if cfg["ruler"]["enabled"] and "generate" in parts:
+        rows += generation_throughput(model, cfg, patterns, vocab, device, log)
+    return rows
+
+
+def generation_throughput(model, cfg, patterns, vocab, device, log=print, new_tokens=(8, 40)) -> list[dict]:
+    """RULER's cost: greedy generation with the hybrid layout at each length, the batch that
+    ``ruler.batch_tokens`` gives; two generation lengths separate the prefill from the per-token step."""
+    from lib.train import autocast
+
+    rc = cfg["ruler"]
+    full_layers = hf_attention.hybrid_full_layers(model.config.num_hidden_layers, rc["hybrid_every"], rc["hybrid_full"])
+    rows = []
+    model.eval()
+    for p in patterns:
+        hf_attention.use_sparse_attention(model, p, block_size=cfg["block_size"], backend=cfg["backend"],
+                                          full_layers=full_layers, **cfg["masks"][p])
+        for L in rc["lengths"]:
+            B = rc["batch_size"] if rc["batch_tokens"] is None else max(1, min(rc["n"], rc["batch_tokens"] // L))
+            ids = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, size=(B, L - max(new_tokens)))).to(device)
+            secs = []
+            for k in (new_tokens[0],) + tuple(new_tokens):  # the first call compiles
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.monotonic()
+                with torch.no_grad(), autocast(device):
+                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                   max_new_tokens=k, min_new_tokens=k, pad_token_id=0)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                secs.append(time.monotonic() - t0)
+            step = (secs[2] - secs[1]) / (new_tokens[1] - new_tokens[0])
+            rows.append(dict(kind="generate", pattern=p, seq_len=L, batch=B, step_s=step,
+                             prefill_s=secs[1] - new_tokens[0] * step,
+                             peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None))
             log(json.dumps(rows[-1]))
     return rows
 
@@ -704,6 +763,8 @@ def main(argv=None):
     ap.add_argument("--wait-s", type=float, default=0.0, help="with --fit-probes: wait for locked (running) fits")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--throughput", action="store_true", help="time training/eval steps on random weights and exit")
+    ap.add_argument("--throughput-parts", default="train,generate",
+                    help="with --throughput: comma-separated parts (train, generate)")
     a = ap.parse_args(argv)
     artifacts = Path(a.artifacts or Path(a.work) / "artifacts")
     if a.fit_probes:
@@ -716,7 +777,7 @@ def main(argv=None):
     params = yaml.safe_load(Path(a.params).read_text())
     params = params.get("pipeline", params)
     if a.throughput:
-        rows = throughput(params)
+        rows = throughput(params, parts=tuple(x for x in a.throughput_parts.split(",") if x))
         if a.out:
             Path(a.out).mkdir(parents=True, exist_ok=True)
             (Path(a.out) / "throughput.json").write_text(json.dumps(rows, indent=1))

@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # One step of the GPU run on the lent machine (see outputs/gpu/PROVENANCE.md). The machine reaches no registry
-# and takes at most 64 MiB per call, so SmolLM2's 94 MiB GGUF file travels in three parts (.gpu/p1..p3, with the
-# book corpus in p1) and is joined in /var/tmp; weights and checkpoints stay in /var/tmp/pa; results go to $OUT.
+# and takes at most 64 MiB per call (working tree included: about 23 MB in session 3), so SmolLM2's 94 MiB GGUF
+# file travels in parts, one folder per call (.gpu/p1..pN, carried one per call; the book corpus in p1, the file's
+# SHA-256 in the last) and is joined in /var/tmp; weights and checkpoints stay in /var/tmp/pa; results go to $OUT.
+# Make the parts with: split -n 4 -d -a 1 smollm2.gguf part   (four, now that the tree is larger).
 #   bash scripts/device_run.sh stage1             part 1 + corpus; a smoke test of training on random weights
 #   bash scripts/device_run.sh stage2             part 2; notebook 08 (kernel benchmark) under papermill
 #   bash scripts/device_run.sh run BUDGET_S       part 3 (if carried): join; run/resume the accuracy pipeline
+#   bash scripts/device_run.sh gen                generation timing of the RULER section on random weights
+#   bash scripts/device_run.sh resume BUDGET_S    like run, on a fresh machine: the committed artifacts seed
+#                                                 $W/artifacts (nothing overwritten), the missing units run
 set -uo pipefail
 W=/var/tmp/pa
 mkdir -p "$W/work" .cache/corpora/books
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl >/dev/null 2>&1
 [ -d .gpu/nbwhl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/nbwhl/*.whl >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 POWERATTN_SMOLLM2_GGUF=$W/smollm2.gguf
-for p in 1 2 3; do [ -d .gpu/p$p ] && cp .gpu/p$p/* "$W/"; done
+for p in .gpu/p*/; do [ -d "$p" ] && cp "$p"* "$W/"; done
 [ -f "$W/books.jsonl.gz" ] && cp "$W/books.jsonl.gz" "$W/MANIFEST.json" .cache/corpora/books/ 2>/dev/null
-if [ ! -f "$W/smollm2.gguf" ] && [ -f "$W/part0" ] && [ -f "$W/part1" ] && [ -f "$W/part2" ]; then
-  cat "$W/part0" "$W/part1" "$W/part2" > "$W/smollm2.gguf"
-  (cd "$W" && echo "$(cut -d' ' -f1 gguf.sha256)  smollm2.gguf" | sha256sum -c -) || { echo "GGUF digest mismatch"; exit 3; }
+# The parts (split -n N -d -a 1: part0..partN-1) are joined once the last call has brought gguf.sha256.
+if [ ! -f "$W/smollm2.gguf" ] && [ -f "$W/gguf.sha256" ]; then
+  cat "$W"/part? > "$W/smollm2.gguf"
+  (cd "$W" && echo "$(cut -d' ' -f1 gguf.sha256)  smollm2.gguf" | sha256sum -c -) || {
+    rm -f "$W/smollm2.gguf"; echo "GGUF digest mismatch (a part missing?): $(ls "$W")"; exit 3; }
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 case "$1" in
@@ -32,6 +39,14 @@ case "$1" in
     timeout "${3:-400}" make outputs/gpu/08_figure4b_kernels.ipynb USE_ACTIVE_ENV=1 PROFILE=gpu \
         RUN_ENV="PYTHONPATH=/tmp/site:$PWD PYTHONHASHSEED=0" > "$OUT/nb08.log" 2>&1; echo "nb08 exit $?"; tail -5 "$OUT/nb08.log"
     tar czf "$OUT/nb08.tgz" outputs/gpu/08_figure4b_kernels outputs/gpu/08_figure4b_kernels.ipynb 2>/dev/null ;;
+  gen)
+    python3 -m lib.pipeline --params params/accuracy/gpu.yaml --work "$W/gen" --throughput --throughput-parts generate \
+        --out "$OUT" 2>&1 | grep -v "it/s" | tail -20 ;;
+  resume)
+    mkdir -p "$W/artifacts"
+    for f in outputs/gpu/accuracy_run/artifacts/*.json; do [ -e "$W/artifacts/${f##*/}" ] || cp "$f" "$W/artifacts/"; done
+    python3 -m lib.pipeline --params params/accuracy/gpu.yaml --work "$W/work" --artifacts "$W/artifacts" \
+        --budget-s "${2:-540}" --out "$OUT" --no-progress 2>&1 | tee "$OUT/pipeline.log" | tail -40 ;;
   run)
     python3 -m lib.pipeline --params params/accuracy/gpu.yaml --work "$W/work" --budget-s "${2:-540}" --out "$OUT" \
         --no-progress 2>&1 | tee "$OUT/pipeline.log" | tail -45 ;;

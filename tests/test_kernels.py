@@ -358,3 +358,16 @@ def test_kernel_claims_on_committed_and_new_results():
                         "sanity_kernel_errors": "not reproduced"}
     none = kb.kernel_claims(None)
     assert [c["verdict"] for c in none] == ["inconclusive"]
+
+
+def test_flex_baseline_is_the_fastest_configuration_that_ran():
+    from kernels.benchmark import best_flex_rows
+
+    def row(method, ms, length=1024, mode="fwd", pattern="power"):
+        return dict(length=length, mode=mode, method=method, pattern=pattern, ms=ms, tflops=None, pairs=1, bound=1.0)
+
+    rows = [row("ours", 1.0), row("flex[default]", 2.0), row("flex[tma]", 1.5), row("flex[broken]", None),
+            row("flex[default]", 3.0, mode="fwd_bwd"), row("flex[tma]", None, mode="fwd_bwd")]
+    best = {(r["mode"], r["flex_config"]): r["ms"] for r in best_flex_rows(rows)}
+    assert best == {("fwd", "tma"): 1.5, ("fwd_bwd", "default"): 3.0}
+    assert all(r["method"] == "flex" for r in best_flex_rows(rows))

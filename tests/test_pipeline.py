@@ -99,3 +99,55 @@ def test_positions_beyond_the_model_are_refused(tok):
     with pytest.raises(ValueError, match="extend_positions"):
         pipeline.check_positions(model, 10 * model.config.max_position_embeddings)
     torch.manual_seed(0)
+
+
+def test_ruler_units_after_lost_weights_retrain_only_the_continued_pretraining(tmp_path, tok):
+    """A fresh machine has none of a run's weights: the RULER units retrain the continued pretraining under a new
+    unit (cpt-again/<p>, the first record kept) and nothing of the passkey chain; same recipe, same losses on CPU."""
+    params = copy.deepcopy(TINY)
+    params.update(patterns=["power"], long=dict(seq_len=512, patterns=[], samples=2, rope_factor=2.0),
+                  ruler=dict(enabled=True, lengths=[2048], n=2, tasks=["niah_single_1", "fwe"],
+                             ft=dict(seq_len=2048, steps=1, batch=1, lr=1e-3, warmup=1), haystack_works=2,
+                             batch_tokens=4096))
+    work = tmp_path / "run"
+    art = work / "artifacts"
+    pipeline.run({**params, "ruler": {**params["ruler"], "enabled": False}}, work, art, progress=False)
+    first_cpt = accuracy.load_run(art).get("cpt/power")
+    for f in work.glob("*.pt"):  # the machine went back
+        f.unlink()
+    res = pipeline.run(params, work, art, progress=False)
+    assert res["complete"]
+    assert set(res["status"]) == {"cpt-again/power", "ruler-ft/power/s0", "ruler/power/s0"}
+    run = accuracy.load_run(art)
+    assert run.get("cpt/power") == first_cpt
+    assert [h["loss"] for h in run.get("cpt-again/power")["history"]] == [h["loss"] for h in first_cpt["history"]]
+    recs = run.get("ruler/power/s0")["records"]
+    assert sorted({(r["task"], r["seq_len"]) for r in recs}) == [("fwe", 2048), ("niah_single_1", 2048)]
+    assert all(0.0 <= r["score"] <= 1.0 for r in recs)
+
+
+def test_probe_fitter_takes_features_saved_while_it_fits(tmp_path, monkeypatch):
+    """The background fitter must not stop with features that appeared during its last fit (session 3 lost the
+    untrained PowerAttention fit that way)."""
+    from lib import probing
+
+    work, art = tmp_path / "work", tmp_path / "art"
+    work.mkdir()
+    art.mkdir()
+
+    def save(name):
+        np.save(work / f"probe-{name}.features.npy", np.zeros((6, 2, 2, 3), dtype=np.float16))
+        np.save(work / f"probe-{name}.labels.npy", np.arange(6) % 2)
+
+    save("full-untrained")
+    calls = []
+
+    def fake_fit(x, y, folds, n_jobs, progress):
+        calls.append(x.shape)
+        if len(calls) == 1:
+            save("power-untrained")  # the GPU saves the next model's features meanwhile
+        return np.full(x.shape[1:3], 0.5)
+
+    monkeypatch.setattr(probing, "probe_accuracy", fake_fit)
+    fitted = pipeline.fit_probes(work, art, folds=2, n_jobs=1)
+    assert sorted(fitted) == ["probefit/full/untrained", "probefit/power/untrained"]

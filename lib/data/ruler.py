@@ -106,6 +106,8 @@ dicts), ``ruler_dataset`` (the same as a ``datasets.Dataset``), ``training_batch
 """
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import math
 import re
@@ -1096,6 +1098,36 @@ def normalize_qa_records(records) -> list[dict]:
     return out
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached at all (a TCP connection within ``timeout`` seconds), unless
+    ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` already say it cannot."""
+    import os
+    import socket
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _datasets_offline(datasets):
+    """``datasets`` in offline mode (cached copies only) for the duration, whatever its version calls the switch."""
+    cfg = datasets.config
+    names = [n for n in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(cfg, n)]
+    old = {n: getattr(cfg, n) for n in names}
+    try:
+        for n in names:
+            setattr(cfg, n, True)
+        yield
+    finally:
+        for n, v in old.items():
+            setattr(cfg, n, v)
+
+
 def load_qa_source(name: str, split: str = "validation", *, max_records: int | None = None,
                    data_files=None) -> list[dict]:
     """SQuAD ("squad" / "qa_1") or HotpotQA ("hotpotqa" / "qa_2", distractor setting) records,
@@ -1108,7 +1140,10 @@ def load_qa_source(name: str, split: str = "validation", *, max_records: int | N
     dataset = QA_DATASETS.get(name, name)
     if dataset not in _QA_HUB:
         raise ValueError(f"unknown QA source {name!r}; expected 'squad', 'hotpotqa', 'qa_1' or 'qa_2'")
-    import datasets
+    try:
+        import datasets
+    except ImportError as e:  # a machine without the `datasets` package cannot load QA data either
+        raise QAUnavailable(f"{dataset}: the `datasets` package is not installed ({e})") from e
 
     if data_files is not None:
         files = [str(f) for f in (data_files if isinstance(data_files, (list, tuple)) else [data_files])]
@@ -1117,7 +1152,11 @@ def load_qa_source(name: str, split: str = "validation", *, max_records: int | N
     else:
         hub_name, config = _QA_HUB[dataset]
         try:
-            ds = datasets.load_dataset(hub_name, config, split=split)
+            if _hub_reachable():
+                ds = datasets.load_dataset(hub_name, config, split=split)
+            else:  # no route to the hub: only a cached copy can serve, and datasets would retry for ~25 s first
+                with _datasets_offline(datasets):
+                    ds = datasets.load_dataset(hub_name, config, split=split)
         except Exception as e:  # no hub, no cache: every failure here means "not available"
             raise QAUnavailable(
                 f"{dataset} ({hub_name}) is unavailable offline: the Hugging Face hub could not be reached "
