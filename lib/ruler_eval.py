@@ -87,7 +87,8 @@ def evaluate(model, tokenizer, *, tasks, lengths, n: int, seed: int, haystack=No
                 for c, g in zip(chunk, gen[:, ids.shape[1]:]):
                     text = tokenizer.decode(g, skip_special_tokens=True)
                     out.append(dict(task=task, seq_len=L, index=int(c["index"]), score=R.score(text, c["answers"], task),
-                                    prediction=text[:200], answers=c["answers"]))
+                                    prediction=text[:200], answers=c["answers"],
+                                    answer_pos=[int(x) for x in c["answer_pos"]]))
     return out
 
 
@@ -247,6 +248,75 @@ def qa_claim(records: pd.DataFrame | None) -> dict:
                  holds=holds, rule="both QA tasks scored", kind="sanity", inconclusive=why)
 
 
+#: The single-needle tasks: one needle, one answer, so its position says what the model had to reach.
+SINGLE_NEEDLE = ("niah_single_1", "niah_single_2", "niah_single_3")
+
+
+def with_needle_positions(records: pd.DataFrame, tokenizer, seed: int, haystack=None, words=None) -> pd.DataFrame:
+    """The single-needle records with ``answer_pos`` (token position of the needle's answer), regenerating the
+    prompts (``lib.data.ruler.generate`` is deterministic in tokenizer, haystack and seed) for records that lack
+    it; each regenerated sample must carry the record's own answers, else ``ValueError`` (not the prompts that
+    were scored). ``seed``: the evaluation seed the run used (``eval_seed + training seed``)."""
+    d = records[records.task.isin(SINGLE_NEEDLE) & records.score.notna()].copy()
+    if "answer_pos" in d and d.answer_pos.notna().all():
+        return d
+    pos = []
+    cache = {}
+    for r in d.itertuples():
+        key = (r.task, r.seq_len)
+        if key not in cache:
+            n = int(d[(d.task == r.task) & (d.seq_len == r.seq_len)]["index"].max()) + 1
+            cache[key] = R.generate(r.task, tokenizer, int(r.seq_len), n, seed=seed, haystack=haystack, words=words)
+        sample = cache[key][int(r.index)]
+        if list(sample["answers"]) != list(r.answers):
+            raise ValueError(f"regenerated {r.task} @{r.seq_len} #{r.index} has answers {sample['answers']}, the record "
+                             f"{r.answers}: not the prompts that were scored (tokenizer, haystack or seed differ)")
+        pos.append([int(x) for x in sample["answer_pos"]])
+    d["answer_pos"] = pos
+    return d
+
+
+def needle_reach(records: pd.DataFrame, block_size: int, design_blocks: int, full_layers=()) -> pd.DataFrame:
+    """Per single-needle record: the needle's distance from the answer in blocks and whether the pattern's mask
+    lets the last prompt block attend to the needle's block directly (one hop: the α̂_1 of Figure 1b), beside the
+    score. The dense layers of the hybrid reach every block; ``direct`` is about the sparse layers."""
+    rows = []
+    for r in records.itertuples():
+        L = int(r.seq_len)
+        prompt_len = L - R.MAX_NEW_TOKENS[r.task]
+        q_blk = (prompt_len - 1) // block_size
+        n_blk = int(r.answer_pos[0]) // block_size
+        if r.pattern == "full":
+            direct = True
+        else:
+            nb = -(-L // block_size)
+            lay = _layout_rows(r.pattern, nb, design_blocks)
+            direct = bool(lay[q_blk, n_blk])
+        rows.append(dict(pattern=r.pattern, seed=int(r.seed), task=r.task, seq_len=L, index=int(r.index),
+                         distance_blocks=q_blk - n_blk, direct=direct, score=float(r.score)))
+    return pd.DataFrame(rows)
+
+
+def _layout_rows(pattern, num_blocks, design_blocks):
+    key = (pattern, num_blocks, design_blocks)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = masks.block_layout(pattern, num_blocks, **masks.section41_config(pattern, design_blocks))
+    return _LAYOUTS[key]
+
+
+_LAYOUTS: dict = {}
+
+
+def reach_summary(reach: pd.DataFrame) -> pd.DataFrame:
+    """Mean score (%) of the single-needle samples whose needle the last block reaches directly, and of the
+    others, per (pattern, seq_len), with their counts."""
+    g = reach.groupby(["pattern", "seq_len", "direct"]).score.agg(["mean", "count"]).reset_index()
+    g["mean"] *= 100
+    out = g.pivot_table(index=["pattern", "seq_len"], columns="direct", values=["mean", "count"])
+    out.columns = [f"{'direct' if d else 'indirect'}_{m if m == 'count' else 'score'}" for m, d in out.columns]
+    return out.reset_index()
+
+
 def records_from_units(units: dict) -> pd.DataFrame:
     """Per-sample records of every ``ruler/{pattern}/s{seed}`` unit of a run, with pattern and seed columns."""
     recs = []
@@ -258,4 +328,4 @@ def records_from_units(units: dict) -> pd.DataFrame:
 
 
 __all__ = ["PAPER_COLUMNS", "PAPER_TABLE2", "averages", "category_table", "claims", "evaluate", "finetune_batches",
-           "qa_claim", "records_from_units", "scores_table"]
+           "needle_reach", "qa_claim", "reach_summary", "records_from_units", "scores_table", "with_needle_positions"]

@@ -126,3 +126,28 @@ def test_qa_claim_without_qa_tasks_says_so():
     recs = records(dict(power=0.5), tasks=("vt",), lengths=(1024,))
     qa = E.qa_claim(recs)
     assert qa["verdict"] == "inconclusive" and qa["ours"] == "not in this run's task list"
+
+
+def test_needle_positions_are_regenerated_and_checked_and_reach_follows_the_mask():
+    from lib.models import load_pretrained
+
+    _, tok = load_pretrained("tiny-llama")
+    samples = R.generate("niah_single_2", tok, 2048, 3, seed=7)
+    recs = pd.DataFrame([dict(pattern=p, seed=0, task="niah_single_2", seq_len=2048, index=s["index"], score=1.0,
+                              answers=s["answers"]) for p in ("power", "full") for s in samples])
+    d = E.with_needle_positions(recs, tok, seed=7)
+    assert list(d.answer_pos[:3]) == [s["answer_pos"] for s in samples]
+    bad = recs.copy()
+    bad["answers"] = [["0000000"]] * len(bad)
+    with pytest.raises(ValueError, match="not the prompts that were scored"):
+        E.with_needle_positions(bad, tok, seed=7)
+    reach = E.needle_reach(d, block_size=64, design_blocks=16)
+    assert reach[reach.pattern == "full"].direct.all()
+    from lib import masks
+
+    lay = masks.block_layout("power", 32, **masks.section41_config("power", 16))
+    for r, s in zip(reach[reach.pattern == "power"].itertuples(), samples):
+        q = (2048 - R.MAX_NEW_TOKENS["niah_single_2"] - 1) // 64
+        assert r.direct == bool(lay[q, s["answer_pos"][0] // 64]) and r.distance_blocks == q - s["answer_pos"][0] // 64
+    summary = E.reach_summary(reach)
+    assert set(summary.pattern) == {"power", "full"}
