@@ -384,9 +384,14 @@ class Runner:
                 if pending:
                     self._pattern(p, pending, status, [seeds[r]])
         for uid in unit_ids(cfg):  # after every seed: the seeds carry Figure 3, these only Figure 5's baselines
-            if uid.startswith("probe/") and uid.endswith("/untrained") and not done(self.artifacts, uid):
+            if uid.startswith("probe/") and uid.endswith("/untrained"):
                 p = uid.split("/")[1]
-                self._timed(uid, status, lambda: self._untrained_probe(p))
+                # features extracted on a machine that went back before their fit: extract them again
+                lost = (not done(self.artifacts, uid.replace("probe/", "probefit/", 1))
+                        and not (self.work / f"probe-{p}-untrained.features.npy").exists())
+                if not done(self.artifacts, uid) or lost:
+                    again = uid if not done(self.artifacts, uid) else f"probe-again/{p}/untrained"
+                    self._timed(again, status, lambda: self._untrained_probe(p))
         if cfg["ruler"]["enabled"] and cfg["train"]:
             for s in cfg["ruler"]["seeds"]:
                 for p in cfg["patterns"]:

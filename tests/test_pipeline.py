@@ -151,3 +151,22 @@ def test_probe_fitter_takes_features_saved_while_it_fits(tmp_path, monkeypatch):
     monkeypatch.setattr(probing, "probe_accuracy", fake_fit)
     fitted = pipeline.fit_probes(work, art, folds=2, n_jobs=1)
     assert sorted(fitted) == ["probefit/full/untrained", "probefit/power/untrained"]
+
+
+def test_untrained_probe_features_lost_before_their_fit_are_extracted_again(tmp_path, tok):
+    """Session 3 extracted the untrained PowerAttention features on a machine that went back before their fit: a
+    later run must extract them again (unit probe-again/...) and fit them, not skip the unit as done."""
+    params = copy.deepcopy(TINY)
+    params.update(patterns=["power"], train=False,
+                  probing=dict(enabled=True, seq_len=2048, n=12, untrained=["power"], trained=[], folds=2, jobs=1,
+                               batch_size=4))
+    work = tmp_path / "run"
+    art = work / "artifacts"
+    assert pipeline.run(params, work, art, progress=False)["complete"]
+    fit = accuracy.load_run(art).get("probefit/power/untrained")
+    (art / "probefit__power__untrained.json").unlink()
+    for f in work.glob("probe-power-untrained.*"):
+        f.unlink()
+    res = pipeline.run(params, work, art, progress=False)
+    assert res["complete"] and "probe-again/power/untrained" in res["status"]
+    assert accuracy.load_run(art).get("probefit/power/untrained") == fit  # same features, same probes (CPU)
