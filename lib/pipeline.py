@@ -386,12 +386,13 @@ class Runner:
         for uid in unit_ids(cfg):  # after every seed: the seeds carry Figure 3, these only Figure 5's baselines
             if uid.startswith("probe/") and uid.endswith("/untrained"):
                 p = uid.split("/")[1]
+                first = not done(self.artifacts, uid)
                 # features extracted on a machine that went back before their fit: extract them again
                 lost = (not done(self.artifacts, uid.replace("probe/", "probefit/", 1))
                         and not (self.work / f"probe-{p}-untrained.features.npy").exists())
-                if not done(self.artifacts, uid) or lost:
-                    again = uid if not done(self.artifacts, uid) else f"probe-again/{p}/untrained"
-                    self._timed(again, status, lambda: self._untrained_probe(p))
+                if first or lost:
+                    self._timed(uid if first else f"probe-again/{p}/untrained", status,
+                                lambda: self._untrained_probe(p))
         if cfg["ruler"]["enabled"] and cfg["train"]:
             for s in cfg["ruler"]["seeds"]:
                 for p in cfg["patterns"]:
@@ -445,8 +446,9 @@ class Runner:
         path = self.work / f"cpt-{p}.pt"
         if path.exists():
             return path
-        uid = f"cpt/{p}" if not done(self.artifacts, f"cpt/{p}") else f"cpt-again/{p}"
-        if uid.startswith("cpt-again"):
+        uid = f"cpt/{p}"
+        if done(self.artifacts, uid):
+            uid = f"cpt-again/{p}"
             self.log(f"cpt/{p}: weights missing on this machine, retraining as {uid}")
         self.load_state(self.base_state)
         self.set_pattern(p)
@@ -680,6 +682,7 @@ def throughput(params: dict, patterns=("full", "power"), steps: int = 3, log=pri
 def generation_throughput(model, cfg, patterns, vocab, device, log=print, new_tokens=(8, 40)) -> list[dict]:
     """RULER's cost: greedy generation with the hybrid layout at each length, the batch that
     ``ruler.batch_tokens`` gives; two generation lengths separate the prefill from the per-token step."""
+    from lib import ruler_eval
     from lib.train import autocast
 
     rc = cfg["ruler"]
@@ -690,7 +693,7 @@ def generation_throughput(model, cfg, patterns, vocab, device, log=print, new_to
         hf_attention.use_sparse_attention(model, p, block_size=cfg["block_size"], backend=cfg["backend"],
                                           full_layers=full_layers, **cfg["masks"][p])
         for L in rc["lengths"]:
-            B = rc["batch_size"] if rc["batch_tokens"] is None else max(1, min(rc["n"], rc["batch_tokens"] // L))
+            B = ruler_eval.batch_for(L, rc["n"], rc["batch_size"], rc["batch_tokens"])
             ids = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, size=(B, L - max(new_tokens)))).to(device)
             secs = []
             for k in (new_tokens[0],) + tuple(new_tokens):  # the first call compiles

@@ -40,6 +40,12 @@ PAPER_TABLE2 = {
 PAPER_COLUMNS = ["NIAH", "VT", "Agg.", "QA", "Avg."]
 
 
+def batch_for(seq_len: int, n: int, batch_size: int, batch_tokens: int | None) -> int:
+    """Prompts per ``generate`` call: ``batch_tokens // seq_len`` (at least 1, at most ``n``) when
+    ``batch_tokens`` is given, else ``batch_size``."""
+    return batch_size if batch_tokens is None else max(1, min(n, batch_tokens // seq_len))
+
+
 @torch.no_grad()
 def evaluate(model, tokenizer, *, tasks, lengths, n: int, seed: int, haystack=None, words=None, batch_size: int = 8,
              batch_tokens: int | None = None, progress: bool = True, qa_source=None) -> list[dict]:
@@ -77,7 +83,7 @@ def evaluate(model, tokenizer, *, tasks, lengths, n: int, seed: int, haystack=No
             except R.QAUnavailable as e:
                 out.append(dict(task=task, seq_len=L, index=-1, score=None, unavailable=str(e)[:200]))
                 continue
-            bs = batch_size if batch_tokens is None else max(1, min(n, batch_tokens // L))
+            bs = batch_for(L, n, batch_size, batch_tokens)
             for s in tqdm(range(0, n, bs), desc=f"ruler {task} @{L}", disable=not progress, mininterval=5.0):
                 chunk = samples[s:s + bs]
                 ids = torch.tensor([c["input_ids"] for c in chunk], device=device)
@@ -192,6 +198,9 @@ def claims(records: pd.DataFrame | None, not_run: str | None = None) -> list[dic
         return (float(A.loc[(a, L), "avg"] - A.loc[(b, L), "avg"]),
                 float((A.loc[(a, L), "se"] ** 2 + A.loc[(b, L), "se"] ** 2) ** 0.5))
 
+    missing = [masks.LABELS[p] for p in _SPARSE if p not in sparse]
+    if missing:
+        seed_note += "; not run: " + ", ".join(missing)
     out = []
     for cid, text, paper in _CLAIMS:
         margins, parts = {}, []
@@ -219,12 +228,9 @@ def claims(records: pd.DataFrame | None, not_run: str | None = None) -> list[dic
                              rule=_RULES[cid]))
             continue
         holds, why = _verdict(margins)
-        missing = [masks.LABELS[p] for p in _SPARSE if p not in sparse]
-        note = seed_note + ("; not run: " + ", ".join(missing) if missing else "")
-        if missing:
-            if holds:  # a refutation stands with fewer patterns, a confirmation needs all five
-                holds, why = None, "the claim covers all five sparse patterns and " + ", ".join(missing) + " were not run"
-        out.append(check(cid, text, paper=paper, ours="; ".join(parts) + f" [{note}]", holds=holds,
+        if missing and holds:  # a refutation stands with fewer patterns, a confirmation needs all five
+            holds, why = None, "the claim covers all five sparse patterns and " + ", ".join(missing) + " were not run"
+        out.append(check(cid, text, paper=paper, ours="; ".join(parts) + f" [{seed_note}]", holds=holds,
                          rule=_RULES[cid], inconclusive=why))
     return out
 
@@ -280,7 +286,7 @@ def needle_reach(records: pd.DataFrame, block_size: int, design_blocks: int, ful
     """Per single-needle record: the needle's distance from the answer in blocks and whether the pattern's mask
     lets the last prompt block attend to the needle's block directly (one hop: the α̂_1 of Figure 1b), beside the
     score. The dense layers of the hybrid reach every block; ``direct`` is about the sparse layers."""
-    rows = []
+    rows, layouts = [], {}
     for r in records.itertuples():
         L = int(r.seq_len)
         prompt_len = L - R.MAX_NEW_TOKENS[r.task]
@@ -289,22 +295,13 @@ def needle_reach(records: pd.DataFrame, block_size: int, design_blocks: int, ful
         if r.pattern == "full":
             direct = True
         else:
-            nb = -(-L // block_size)
-            lay = _layout_rows(r.pattern, nb, design_blocks)
-            direct = bool(lay[q_blk, n_blk])
+            if (r.pattern, L) not in layouts:
+                layouts[(r.pattern, L)] = masks.block_layout(r.pattern, -(-L // block_size),
+                                                             **masks.section41_config(r.pattern, design_blocks))
+            direct = bool(layouts[(r.pattern, L)][q_blk, n_blk])
         rows.append(dict(pattern=r.pattern, seed=int(r.seed), task=r.task, seq_len=L, index=int(r.index),
                          distance_blocks=q_blk - n_blk, direct=direct, score=float(r.score)))
     return pd.DataFrame(rows)
-
-
-def _layout_rows(pattern, num_blocks, design_blocks):
-    key = (pattern, num_blocks, design_blocks)
-    if key not in _LAYOUTS:
-        _LAYOUTS[key] = masks.block_layout(pattern, num_blocks, **masks.section41_config(pattern, design_blocks))
-    return _LAYOUTS[key]
-
-
-_LAYOUTS: dict = {}
 
 
 def reach_summary(reach: pd.DataFrame) -> pd.DataFrame:
@@ -327,5 +324,5 @@ def records_from_units(units: dict) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-__all__ = ["PAPER_COLUMNS", "PAPER_TABLE2", "averages", "category_table", "claims", "evaluate", "finetune_batches",
+__all__ = ["PAPER_COLUMNS", "PAPER_TABLE2", "averages", "batch_for", "category_table", "claims", "evaluate", "finetune_batches",
            "needle_reach", "qa_claim", "reach_summary", "records_from_units", "scores_table", "with_needle_positions"]

@@ -107,7 +107,6 @@ dicts), ``ruler_dataset`` (the same as a ``datasets.Dataset``), ``training_batch
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import math
 import re
