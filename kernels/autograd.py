@@ -63,7 +63,7 @@ def forward(q, k, v, plan, block_size, sm_scale, cfg):
                       v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                       plan.kv_indices.stride(0), Hq, Hq // Hkv, S, sm_scale * LOG2E,
                       BLOCK_SIZE=block_size, HEAD_DIM=D, PRECISION=dot_precision(q.dtype),
-                      **_launch_options(cfg, _tma_ok(q, k, v)))
+                      WARP_SPEC=bool(cfg.kwargs.get("WARP_SPEC", 0)), **_launch_options(cfg, _tma_ok(q, k, v)))
     return o, lse2
 
 

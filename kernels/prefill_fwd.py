@@ -9,7 +9,8 @@ sequence) are seen entirely by every row: they run unmasked in one flat
 sequence-tail mask. The per-tile step is ``kernels._jit.attend_tile``, called
 once per loop with its ``MASKED`` flag. ``USE_TMA`` (Hopper) loads K/V tiles
 through tensor descriptors (bulk copy engine; rows past the sequence end come
-back as zeros).
+back as zeros). ``WARP_SPEC`` (issue 11, a tile setting) compiles the same steps as one
+loop with Triton's warp specialisation, the diagonal tiles unrolled before it.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_FULL,
                 s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh, s_os,
                 s_idx, H_Q, GROUP, S, qk_scale,
                 BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+                HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+                WARP_SPEC: tl.constexpr = False):
     pid_bh, b, h, hk, qb, start_m, offs_m = query_tile(H_Q, GROUP, BLOCK_M, BLOCK_SIZE)
     TILES: tl.constexpr = BLOCK_SIZE // BLOCK_N  # tiles per key block
     offs_n = tl.arange(0, BLOCK_N)
@@ -46,21 +48,41 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_FULL,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    # Full key blocks: complete and visible to every row, no mask. One flat loop over their tiles.
-    for it in range(0, n_full * TILES):
-        kb = tl.load(idx_row + it // TILES)
-        start_n = kb * BLOCK_SIZE + (it % TILES) * BLOCK_N
-        m_i, l_i, acc = attend_tile(q, k_src, v_src, start_n, start_n + offs_n, offs_d, s_ks, s_vs, None, None, None,
-                                    m_i, l_i, acc, qk_scale, MASKED=False, USE_TMA=USE_TMA, PRECISION=PRECISION)
+    if WARP_SPEC:
+        # Triton 3.6 warp-specialises only a kernel with a single loop (two-loop kernels failed to compile in
+        # our tries): the diagonal's at most TILES tiles are unrolled (static_range) and guarded, and the
+        # full tiles' loop is the one loop, split into producer (TMA loads) and consumer (MMA) warps.
+        if has_diag:
+            diag_start = qb * BLOCK_SIZE
+            n_diag = tl.cdiv(start_m + BLOCK_M - diag_start, BLOCK_N)
+            for t in tl.static_range(TILES):
+                if t < n_diag:
+                    start_n = diag_start + t * BLOCK_N
+                    m_i, l_i, acc = attend_tile(q, k_src, v_src, start_n, start_n + offs_n, offs_d, s_ks, s_vs,
+                                                offs_m, S, None, m_i, l_i, acc, qk_scale, MASKED=True,
+                                                USE_TMA=USE_TMA, PRECISION=PRECISION)
+        for it in tl.range(0, n_full * TILES, warp_specialize=True):
+            kb = tl.load(idx_row + it // TILES)
+            start_n = kb * BLOCK_SIZE + (it % TILES) * BLOCK_N
+            m_i, l_i, acc = attend_tile(q, k_src, v_src, start_n, start_n + offs_n, offs_d, s_ks, s_vs, None, None,
+                                        None, m_i, l_i, acc, qk_scale, MASKED=False, USE_TMA=USE_TMA,
+                                        PRECISION=PRECISION)
+    else:
+        # Full key blocks: complete and visible to every row, no mask. One flat loop over their tiles.
+        for it in range(0, n_full * TILES):
+            kb = tl.load(idx_row + it // TILES)
+            start_n = kb * BLOCK_SIZE + (it % TILES) * BLOCK_N
+            m_i, l_i, acc = attend_tile(q, k_src, v_src, start_n, start_n + offs_n, offs_d, s_ks, s_vs, None, None, None,
+                                        m_i, l_i, acc, qk_scale, MASKED=False, USE_TMA=USE_TMA, PRECISION=PRECISION)
 
-    # Diagonal block: causal and sequence-tail mask; its tiles right of this query tile are skipped.
-    if has_diag:
-        diag_start = qb * BLOCK_SIZE
-        n_diag = tl.cdiv(start_m + BLOCK_M - diag_start, BLOCK_N)
-        for t in range(0, n_diag):
-            start_n = diag_start + t * BLOCK_N
-            m_i, l_i, acc = attend_tile(q, k_src, v_src, start_n, start_n + offs_n, offs_d, s_ks, s_vs, offs_m, S, None,
-                                        m_i, l_i, acc, qk_scale, MASKED=True, USE_TMA=USE_TMA, PRECISION=PRECISION)
+        # Diagonal block: causal and sequence-tail mask; its tiles right of this query tile are skipped.
+        if has_diag:
+            diag_start = qb * BLOCK_SIZE
+            n_diag = tl.cdiv(start_m + BLOCK_M - diag_start, BLOCK_N)
+            for t in range(0, n_diag):
+                start_n = diag_start + t * BLOCK_N
+                m_i, l_i, acc = attend_tile(q, k_src, v_src, start_n, start_n + offs_n, offs_d, s_ks, s_vs, offs_m, S, None,
+                                            m_i, l_i, acc, qk_scale, MASKED=True, USE_TMA=USE_TMA, PRECISION=PRECISION)
 
     out, lse2 = finish_rows(acc, m_i, l_i)
     o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh

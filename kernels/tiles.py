@@ -6,17 +6,26 @@ applies a caller's override and the caps every launch needs. Kernels and their s
 =========  ===========================================  =====================================
 kernel     ``Config.kwargs``                            also
 =========  ===========================================  =====================================
-``fwd``    ``BLOCK_M``, ``BLOCK_N``, ``USE_TMA`` (0/1)  ``num_warps``, ``num_stages``
+``fwd``    ``BLOCK_M``, ``BLOCK_N``, ``USE_TMA`` (0/1),     ``num_warps``, ``num_stages``
+           ``WARP_SPEC`` (0/1)
 ``dq``     ``BLOCK_M``, ``BLOCK_N``, ``USE_TMA``        ``num_warps``, ``num_stages``
 ``dkdv``   ``BLOCK_M``, ``BLOCK_N``, ``USE_TMA``        ``num_warps``, ``num_stages``
-``decode`` ``BLOCK_N``, ``NUM_SPLITS`` (0 = auto)       ``num_warps``, ``num_stages``
+``decode`` ``BLOCK_N``, ``NUM_SPLITS`` (0 = auto),      ``num_warps``, ``num_stages``
+           ``FUSED`` (0/1)
 =========  ===========================================  =====================================
 
 ``BLOCK_M`` is the query tile and ``BLOCK_N`` the key tile (rows of a program); ``USE_TMA`` loads
 tiles through tensor descriptors (Hopper's bulk copy engine), and falls back to pointer loads by
 itself when a tensor is not 16-byte aligned. ``NUM_SPLITS``: decode programs per key/value head
-(auto: two waves of programs over the GPU). Where each entry comes from: kernels/NOTES.md,
-"Refactor (issue 8)".
+(auto: two waves of programs over the GPU). ``WARP_SPEC``: the forward's unmasked loop is compiled
+with Triton's warp specialisation (``tl.range(..., warp_specialize=True)``) and its diagonal tiles
+are unrolled, so the kernel has a single loop. ``FUSED``: decode merges its splits in the last
+program of each key/value head instead of a second kernel. Where each entry comes from:
+kernels/NOTES.md, "Refactor (issue 8)" and "Issue 11".
+
+``POWERATTN_TILES=<file.json>`` (read once, at import) replaces table entries for a tuning run:
+a list of ``{"kernel": .., "head_dim": .., "dtype": .., "kwargs": {..}, "num_warps": .., "num_stages": ..}``
+(``scripts/kernel_check.py --variants`` writes one). The entries it set are in ``FILE_OVERRIDES``.
 
 Overrides (``kernel_config=`` of ``kernels.sparse_attention`` / ``kernels.sparse_decode``) are a
 dict with any of the keys ``OVERRIDE_KEYS``::
@@ -37,6 +46,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+import os
 
 import torch
 import triton
@@ -46,10 +57,10 @@ HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = ("bf16", "fp16", "fp32")
 #: Config.kwargs each kernel takes (besides num_warps and num_stages).
 SETTINGS = {
-    "fwd": ("BLOCK_M", "BLOCK_N", "USE_TMA"),
+    "fwd": ("BLOCK_M", "BLOCK_N", "USE_TMA", "WARP_SPEC"),
     "dq": ("BLOCK_M", "BLOCK_N", "USE_TMA"),
     "dkdv": ("BLOCK_M", "BLOCK_N", "USE_TMA"),
-    "decode": ("BLOCK_N", "NUM_SPLITS"),
+    "decode": ("BLOCK_N", "NUM_SPLITS", "FUSED"),
 }
 OVERRIDE_KEYS = KERNELS + ("bwd_chunk",)
 BWD_CHUNK = 16  # query blocks per dK/dV work item (H100 sweep: 8 / 16 / 32 -> 12.54 / 12.51 / 13.11 ms)
@@ -57,14 +68,15 @@ BWD_CHUNK = 16  # query blocks per dK/dV work item (H100 sweep: 8 / 16 / 32 -> 1
 _TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 # The H100 sweeps on the Qwen2-7B shape (head dim 128, bf16; kernels/NOTES.md) set every default.
-_FWD = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1}, num_warps=8, num_stages=3)
+_FWD = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1, "WARP_SPEC": 0}, num_warps=8, num_stages=3)
 _DQ = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1}, num_warps=8, num_stages=2)
 _DKDV = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "USE_TMA": 1}, num_warps=4, num_stages=2)
-_DECODE = triton.Config({"BLOCK_N": 64, "NUM_SPLITS": 0}, num_warps=4, num_stages=3)
+_DECODE = triton.Config({"BLOCK_N": 64, "NUM_SPLITS": 0, "FUSED": 0}, num_warps=4, num_stages=3)
 # Head dim 64 forward, measured on SmolLM2's shape (9 query / 3 KV heads, bf16, H100): 1.25x faster
 # than _FWD (0.49 vs 0.61 ms at 32K, 2.24 vs 2.85 ms at 128K). At head dim 128 the same tile was
 # +5% at 32K and -5% at 128K, so head dim 128 keeps _FWD.
-_FWD_D64_HALF = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "USE_TMA": 1}, num_warps=4, num_stages=2)
+_FWD_D64_HALF = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "USE_TMA": 1, "WARP_SPEC": 0}, num_warps=4,
+                              num_stages=2)
 
 _DEFAULTS = {"fwd": _FWD, "dq": _DQ, "dkdv": _DKDV, "decode": _DECODE}
 TILES: dict[tuple[str, int, str], triton.Config] = {
@@ -73,6 +85,28 @@ TILES: dict[tuple[str, int, str], triton.Config] = {
 }
 TILES[("fwd", 64, "bf16")] = _FWD_D64_HALF
 TILES[("fwd", 64, "fp16")] = _FWD_D64_HALF
+
+
+def _file_overrides(path) -> dict:
+    """Table entries from a ``POWERATTN_TILES`` JSON file (see the module docstring), validated."""
+    try:
+        entries = json.loads(open(path).read())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"POWERATTN_TILES={path}: cannot read a JSON list of tile entries ({e})") from None
+    out = {}
+    for e in entries if isinstance(entries, list) else [None]:
+        try:
+            key = (e["kernel"], int(e["head_dim"]), dtype_name(e["dtype"]))
+            if key not in TILES:
+                raise KeyError(key)
+            cfg = triton.Config(dict(TILES[key].kwargs, **e.get("kwargs", {})),
+                                num_warps=e.get("num_warps", TILES[key].num_warps),
+                                num_stages=e.get("num_stages", TILES[key].num_stages))
+            _check_one(key[0], cfg)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"POWERATTN_TILES={path}: bad entry {e!r} ({err})") from None
+        out[key] = cfg
+    return out
 
 
 def dtype_name(dtype) -> str:
@@ -173,6 +207,10 @@ def _tiles(kernel, head_dim, dtype, block_size, override) -> triton.Config:
                          num_stages=_int(f"{kernel} num_stages", num_stages, 1))
 
 
+FILE_OVERRIDES = _file_overrides(os.environ["POWERATTN_TILES"]) if os.environ.get("POWERATTN_TILES") else {}
+TILES.update(FILE_OVERRIDES)
+
+
 def _int(name: str, value, lowest: int = 0) -> int:
     try:
         out = int(value)
@@ -183,5 +221,5 @@ def _int(name: str, value, lowest: int = 0) -> int:
     return out
 
 
-__all__ = ["BWD_CHUNK", "DTYPES", "HEAD_DIMS", "KERNELS", "OVERRIDE_KEYS", "SETTINGS", "TILES", "check_overrides",
+__all__ = ["BWD_CHUNK", "DTYPES", "FILE_OVERRIDES", "HEAD_DIMS", "KERNELS", "OVERRIDE_KEYS", "SETTINGS", "TILES", "check_overrides",
            "dtype_name", "tiles_for"]

@@ -219,8 +219,11 @@ def _step_blocks(positions, pos, kv_len, pattern, block_size, cfg):
         version = positions._version  # bumps on in-place updates (a decode loop's position buffer)
     except RuntimeError:  # inference-mode tensors carry no version: no reuse
         version = None
+    # Whether a CUDA graph is being captured is part of the key: blocks gathered by an eager call (a warm-up
+    # step) must not be baked into a graph as constants; the capture gathers them again, as captured ops.
+    capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
     key = (positions.untyped_storage().data_ptr(), positions.storage_offset(), version, kv_len, pattern,
-           block_size, masks.frozen_config(cfg))
+           block_size, masks.frozen_config(cfg), capturing)
     memo = _index_memo[0]
     if version is not None and memo is not None and memo[1:] == key:
         return _index_memo[1]
@@ -285,13 +288,31 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+_flex_options: dict = {}  # kernel_options of every compiled FlexAttention call (set_flex_kernel_options)
+
+
+def set_flex_kernel_options(options: dict | None) -> None:
+    """``kernel_options`` for FlexAttention prefill from now on (None or {}: Flex's own choice).
+
+    A latency comparison should give Flex its fastest configuration (notebook 08 sweeps
+    ``kernels.benchmark.FLEX_CONFIGS``), not only its default.
+    """
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"FlexAttention kernel_options must be a dict or None, got {type(options).__name__}")
+    _flex_options.clear()
+    _flex_options.update(options or {})
+
+
 def flex_sparse_attention(q, k, v, pattern, block_size=256, **cfg):
-    """Prefill through torch's FlexAttention with the pattern's BlockMask (compiled on GPU)."""
+    """Prefill through torch's FlexAttention with the pattern's BlockMask (compiled on GPU), with the
+    ``kernel_options`` of ``set_flex_kernel_options`` on CUDA."""
     from torch.nn.attention.flex_attention import flex_attention
 
     block_mask = masks.layout(pattern, q.shape[2], block_size, **cfg).to_flex_block_mask(q.device)
-    fn = _compiled_flex_attention() if q.is_cuda else flex_attention
-    return fn(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    return _compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1],
+                                      kernel_options=dict(_flex_options) or None)
 
 
 # ----------------------------------------------------------------------------- registration / switching
@@ -358,6 +379,7 @@ __all__ = [
     "hybrid_full_layers",
     "make_settings",
     "register",
+    "set_flex_kernel_options",
     "sparse_attention_at",
     "use_sparse_attention",
 ]

@@ -9,6 +9,10 @@ Lean execution, applied identically to every variant (``make_lean``):
   * prefill: RMSNorm, rotary embedding and SiLU*up compiled (fused elementwise),
     the MLP run in chunks of tokens (bounds the 128K activation memory), and
     the LM head applied to the last token only (``logits_to_keep=1``);
+  * q/k/v projections fused into one linear per layer (weights and biases
+    concatenated) and the MLP's gate/up projections into one: a decode step runs
+    each as one GEMM (fewer, longer GEMVs), a prefill one GEMM per part on row
+    slices of the fused weight (as fast, and its outputs stay contiguous);
   * decode: a static KV cache and the whole step (model forward + greedy
     argmax + position update) captured once in a CUDA graph and replayed.
 
@@ -27,6 +31,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lib import hf_attention
 
@@ -129,6 +134,18 @@ def set_variant(model, name, block_size=256, graph_kernel=True, **mask_config):
     return model
 
 
+def flex_options(name: str | None):
+    """Set and return the FlexAttention ``kernel_options`` of the ``power_flex`` variant: ``name`` is a key of
+    ``kernels.benchmark.FLEX_CONFIGS`` (None or "default": Flex's own choice)."""
+    from kernels.benchmark import FLEX_CONFIGS
+
+    if name is not None and name not in FLEX_CONFIGS:
+        raise ValueError(f"unknown FlexAttention configuration {name!r}; expected one of {list(FLEX_CONFIGS)}")
+    options = FLEX_CONFIGS[name] if name is not None else None
+    hf_attention.set_flex_kernel_options(options)
+    return options
+
+
 # ----------------------------------------------------------------------------- lean non-attention part
 def _rms_norm(x, weight, eps):
     dtype = x.dtype
@@ -141,36 +158,171 @@ def _silu_mul(gate, up):
     return F.silu(gate) * up
 
 
-def make_lean(model, mlp_chunk=16384, compile=True):
+#: ``dynamic`` of make_lean's torch.compile calls. None (automatic dynamic): a function is first compiled for
+#: the shapes it sees and recompiled once with only the dims that changed (tokens, batch) symbolic, so the head
+#: and hidden sizes stay constants in the index arithmetic. With True (every dim symbolic) the rotary kernel took
+#: 20 ms instead of 4.4 ms per 32K-token prefill of Qwen2-7B on an H100, and the attention-skipped prefill at
+#: 128K about 2.85 s instead of 2.80 s (three runs each; the same code for every variant).
+COMPILE_DYNAMIC = None
+
+#: Products over at most this many tokens (decode steps) use a fused weight (``make_lean``) in one GEMM; longer
+#: ones (prefill) run one GEMM per part on row slices of the same weight (views: no copy), whose outputs are
+#: contiguous. Measured on an H100, Qwen2-7B bf16: at 16K-token chunks cuBLAS runs the fused and the separate
+#: products in the same time (gate/up 357 vs 356 ms, q/k/v 44.7 vs 44.9 ms per 32K-token prefill), while the
+#: elementwise kernels that read split views of a fused output (SiLU*up, rotary) got slower, so one fused GEMM
+#: made the 128K prefill 70-100 ms slower. A decode step, fewer and longer GEMVs, got 9% faster (attention
+#: skipped, 32K cache: 6.66 -> 6.04 ms at batch 1, 6.76 -> 6.15 ms at batch 8; full attention by the split-KV
+#: kernel: 7.60 -> 6.98 ms and 12.56 -> 11.93 ms), and the prefill with this split is as fast as unfused.
+FUSED_GEMM_MAX_TOKENS = 256
+
+#: Attention classes whose forward ``_fused_attention_forward`` reproduces (transformers 5.x Qwen2Attention.forward,
+#: the same in 5.17 and 5.23): only these get their q/k/v projections fused.
+FUSED_ATTENTION_CLASSES = ("Qwen2Attention",)
+
+
+def _fuse_linears(module, names, fused_name):
+    """Replace the ``nn.Linear`` children ``names`` of ``module`` (same input) by one, ``fused_name``.
+
+    The fused weight is the originals' rows concatenated (bias likewise; a missing bias is zeros when another has
+    one), so ``fused(x).split(module.<fused_name>_sizes, -1)`` are the originals' outputs. The originals are
+    deleted from ``module`` before returning, so their storage is freed once nothing else refers to it: the
+    extra memory is one fused weight at a time (it exists next to the originals while being built).
+    """
+    linears = [getattr(module, n) for n in names]
+    first = linears[0].weight
+    if any(type(l) is not nn.Linear for l in linears) or len({l.in_features for l in linears}) != 1:
+        raise TypeError(f"{type(module).__name__}: {names} are not nn.Linear layers of one input size")
+    weight = torch.cat([l.weight for l in linears], dim=0)
+    bias = None
+    if any(l.bias is not None for l in linears):
+        bias = torch.cat([l.bias if l.bias is not None else first.new_zeros(l.out_features) for l in linears])
+    fused = nn.Linear(first.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=first.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=first.requires_grad)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=first.requires_grad)
+    fused.train(linears[0].training)
+    sizes = tuple(l.out_features for l in linears)
+    del linears, first, weight, bias
+    for n in names:
+        delattr(module, n)
+    setattr(module, fused_name, fused)
+    setattr(module, f"{fused_name}_sizes", sizes)
+
+
+def _fused_outputs(linear, sizes, x):
+    """The outputs of the projections fused into ``linear`` (their ``sizes``): see ``FUSED_GEMM_MAX_TOKENS``."""
+    if x.numel() <= FUSED_GEMM_MAX_TOKENS * x.shape[-1]:
+        return linear(x).split(sizes, dim=-1)
+    biases = linear.bias.split(sizes) if linear.bias is not None else (None,) * len(sizes)
+    return tuple(F.linear(x, w, b) for w, b in zip(linear.weight.split(sizes), biases))
+
+
+def _fused_attention_forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None,
+                             **kwargs):
+    """transformers' Qwen2Attention.forward with q/k/v from the fused ``qkv_proj``, the rest unchanged.
+
+    Same steps in the same order: projections, rotary embedding (looked up in the modeling module at call time,
+    so ``make_lean``'s compiled one is used), cache update (a DynamicCache in prefill, the static cache of the
+    graphed decode step), then the attention function of ``config._attn_implementation`` (read per call, so
+    ``set_variant`` switches it), then ``o_proj``.
+    """
+    modeling = sys.modules[type(self).__module__]
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    query, key, value = _fused_outputs(self.qkv_proj, self.qkv_proj_sizes, hidden_states)
+    query = query.view(hidden_shape).transpose(1, 2)
+    key = key.view(hidden_shape).transpose(1, 2)
+    value = value.view(hidden_shape).transpose(1, 2)
+
+    cos, sin = position_embeddings
+    query, key = modeling.apply_rotary_pos_emb(query, key, cos, sin)
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, self.layer_idx)
+
+    attention_interface = modeling.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                                         modeling.eager_attention_forward)
+    attn_output, attn_weights = attention_interface(
+        self, query, key, value, attention_mask,
+        dropout=0.0 if not self.training else self.attention_dropout,
+        scaling=self.scaling,
+        sliding_window=self.sliding_window,
+        **kwargs,
+    )
+    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(attn_output), attn_weights
+
+
+def make_lean(model, mlp_chunk=16384, compile=True, fuse=True):
     """Make the non-attention part lean (same math); returns a dict describing what was done.
 
-    Applied once to the model, so every variant shares it.
+    Applied once to the model, so every variant shares it: the variants differ only in
+    ``config._attn_implementation`` (``set_variant``), which the lean forwards read at every call. Idempotent:
+    a second call re-installs the forwards and finds the projections already fused.
+
+    * RMSNorm, rotary embedding and SiLU*up compiled (``compile``, with ``dynamic=COMPILE_DYNAMIC``; fused
+      elementwise kernels);
+    * the MLP run in chunks of ``mlp_chunk`` tokens (bounds the 128K activation memory);
+    * ``fuse``: fewer, larger GEMMs where that pays. Each attention layer's q/k/v projections become one linear
+      ``qkv_proj`` (weights and biases concatenated: [q; k; v] rows) and each MLP's gate/up projections one
+      linear ``gate_up_proj`` ([gate; up] rows). A decode step (at most ``FUSED_GEMM_MAX_TOKENS`` tokens) runs
+      each as one GEMM and splits the output (views): one long GEMV reads the weights at a better rate than
+      three short ones (k and v are 512 rows at Qwen2-7B's shape). A prefill runs one GEMM per part on row
+      slices of the fused weight, as the unfused model does: at that size the fused GEMM is no faster and its
+      split output slows the elementwise kernels that read it (see ``FUSED_GEMM_MAX_TOKENS``). Same products
+      either way, so the logits agree with the unfused model to rounding: on an H100 in bf16 a prefill's are
+      identical and a decode step's (the fused GEMV sums in another order) differ by bf16 rounding carried
+      through the layers (max 0.19 on logits up to 5.9, random Qwen2-7B, same greedy tokens); in float32 on the
+      CPU within 1e-6. The attention modules then run ``_fused_attention_forward`` (only for
+      ``FUSED_ATTENTION_CLASSES``), which still calls the variant's attention function through transformers'
+      attention interface, with or without a cache. Fusing is done layer by layer and frees the originals as it
+      goes: the extra memory at any moment is one fused weight (Qwen2-7B bf16: 272 MB for gate/up, 33 MB for
+      q/k/v), never a second copy of the model. The parameter count is unchanged.
     """
-    comp = (lambda f: torch.compile(f, dynamic=True)) if compile else (lambda f: f)
+    comp = (lambda f: torch.compile(f, dynamic=COMPILE_DYNAMIC)) if compile else (lambda f: f)
     rms, silu_mul = comp(_rms_norm), comp(_silu_mul)
 
     def norm_forward(self, x):
         return rms(x, self.weight, self.variance_epsilon)
 
+    def gate_up(self, x):
+        if hasattr(self, "gate_up_proj"):
+            return silu_mul(*_fused_outputs(self.gate_up_proj, self.gate_up_proj_sizes, x))
+        return silu_mul(self.gate_proj(x), self.up_proj(x))
+
     def mlp_forward(self, x):
         flat = x.reshape(-1, x.shape[-1])
         if flat.shape[0] <= mlp_chunk:
-            return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+            return self.down_proj(gate_up(self, x))
         out = torch.empty_like(flat)
         for i in range(0, flat.shape[0], mlp_chunk):
-            c = flat[i:i + mlp_chunk]
-            out[i:i + mlp_chunk] = self.down_proj(silu_mul(self.gate_proj(c), self.up_proj(c)))
+            out[i:i + mlp_chunk] = self.down_proj(gate_up(self, flat[i:i + mlp_chunk]))
         return out.view_as(x)
 
-    n_norm = n_mlp = 0
-    for module in model.modules():
+    device = _device(model)
+    n_norm = n_mlp = n_qkv = n_gate_up = 0
+    # The modules to change, collected first (the loop replaces children); only the parents are held, so each
+    # layer's original projections are freed as soon as that layer is fused.
+    targets = [m for m in model.modules()
+               if type(m).__name__.endswith(("RMSNorm", "MLP")) or type(m).__name__ in FUSED_ATTENTION_CLASSES]
+    for module in targets:
         cls = type(module).__name__
         if cls.endswith("RMSNorm"):
             module.forward = types.MethodType(norm_forward, module)
             n_norm += 1
-        elif cls.endswith("MLP") and hasattr(module, "gate_proj"):
+        elif cls.endswith("MLP") and (hasattr(module, "gate_proj") or hasattr(module, "gate_up_proj")):
+            if fuse and not hasattr(module, "gate_up_proj"):
+                _fuse_linears(module, ("gate_proj", "up_proj"), "gate_up_proj")
+                _release_cached(device)
             module.forward = types.MethodType(mlp_forward, module)
             n_mlp += 1
+            n_gate_up += hasattr(module, "gate_up_proj")
+        elif cls in FUSED_ATTENTION_CLASSES:
+            if fuse and not hasattr(module, "qkv_proj"):
+                _fuse_linears(module, ("q_proj", "k_proj", "v_proj"), "qkv_proj")
+                _release_cached(device)
+            if hasattr(module, "qkv_proj"):
+                module.forward = types.MethodType(_fused_attention_forward, module)
+                n_qkv += 1
     rope = False
     modeling = sys.modules.get(type(model).__module__)
     if compile and modeling is not None and hasattr(modeling, "apply_rotary_pos_emb"):
@@ -180,7 +332,14 @@ def make_lean(model, mlp_chunk=16384, compile=True):
         modeling.apply_rotary_pos_emb = fused  # the attention modules look it up in their module's globals
         rope = True
     return dict(compiled=bool(compile), rms_norms=n_norm, mlps=n_mlp, mlp_chunk=mlp_chunk, rope_compiled=rope,
-                lm_head="last token only (logits_to_keep=1)")
+                compile_dynamic=COMPILE_DYNAMIC if compile else None, fused_qkv=n_qkv, fused_gate_up=n_gate_up,
+                fused_gemm_max_tokens=FUSED_GEMM_MAX_TOKENS, lm_head="last token only (logits_to_keep=1)")
+
+
+def _release_cached(device):
+    """Return the blocks freed by a fusion to the driver, so the next layer's fused weight need not sit beside them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- timing
@@ -412,10 +571,13 @@ PAPER_SHAPE = "qwen2-7b"
 MINFERENCE = "not measured: PyPI has only a source distribution that compiles CUDA extensions"
 #: The split-KV decode kernel is used only if its relative error vs float64 (bf16 inputs) is below this.
 DECODE_CHECK_TOL = 2e-2
-#: The project's own targets: a sparse decode step within 10% of the attention-skipped step, and flat in
-#: the context (max / min step over lengths) within 5%.
-TARGET_DECODE_OVER_SKIPPED = 1.1
+#: The project's own targets (issue 11's numbers; before it the decode target was 1.1 and the Flex target "faster
+#: at every length"): a sparse decode step within 5% of the attention-skipped step, flat in the context (max / min
+#: step over lengths) within 5%, and the prefill at least 5% ahead of FlexAttention end to end from 64K on.
+TARGET_DECODE_OVER_SKIPPED = 1.05
 TARGET_DECODE_FLAT = 1.05
+TARGET_PREFILL_VS_FLEX = 1.05
+TARGET_PREFILL_VS_FLEX_FROM = 65536
 
 
 def decode_kernel_ok(decode_check: dict) -> bool:
@@ -536,17 +698,24 @@ def figure4a_claims(results: dict) -> list[dict]:
     # -- our targets
     flex = [(c, pre[("power", c)], pre[("power_flex", c)]) for c in contexts
             if ("power", c) in pre and ("power_flex", c) in pre]
-    out.append(check("target_prefill_vs_flex", "Our Triton kernels prefill PowerAttention faster than FlexAttention "
-                     "at every length", paper="(project target)",
-                     ours=", ".join(f"{_ctx(c)} {f / o:.2f}x" for c, o, f in flex) + " (FlexAttention time / ours)"
+    judged = [(c, o, f) for c, o, f in flex if c >= TARGET_PREFILL_VS_FLEX_FROM]
+    opts = results.get("flex_kernel_options")
+    how = (f"FlexAttention with kernel_options {opts}" if opts else "FlexAttention in its default configuration")
+    out.append(check("target_prefill_vs_flex", f"Our Triton kernels prefill PowerAttention at least "
+                     f"{TARGET_PREFILL_VS_FLEX - 1:.0%} faster than FlexAttention end to end, from "
+                     f"{_ctx(TARGET_PREFILL_VS_FLEX_FROM)} on", paper="(project target)",
+                     ours=", ".join(f"{_ctx(c)} {f / o:.2f}x" for c, o, f in flex) + f" ({how}: its time / ours)"
                      if flex else "not measured",
-                     holds=all(o < f for _, o, f in flex) if flex else None,
-                     rule="PowerAttention prefill time, ours < FlexAttention's, at every length", inconclusive=off))
+                     holds=all(f / o >= TARGET_PREFILL_VS_FLEX for _, o, f in judged) if judged else None,
+                     rule=f"FlexAttention / our PowerAttention prefill time >= {TARGET_PREFILL_VS_FLEX} at every length "
+                          f">= {_ctx(TARGET_PREFILL_VS_FLEX_FROM)}, same lean model, same run",
+                     inconclusive=off or (None if judged else f"no length >= {_ctx(TARGET_PREFILL_VS_FLEX_FROM)}")))
     batches = sorted({b for (v, _, b) in dec if v == "power"})
     for b in batches:
         cs = sorted(c for (v, c, bb) in dec if v == "power" and bb == b)
         ratios = [(c, dec[("power", c, b)] / dec[("no_attention", c, b)]) for c in cs if ("no_attention", c, b) in dec]
-        out.append(check(f"target_decode_floor_b{b}", f"Batch {b}: a PowerAttention decode step costs at most 10% more "
+        out.append(check(f"target_decode_floor_b{b}", f"Batch {b}: a PowerAttention decode step costs at most "
+                         f"{TARGET_DECODE_OVER_SKIPPED - 1:.0%} more "
                          "than a step with attention skipped, at every length", paper="(project target)",
                          ours=", ".join(f"{_ctx(c)} {r:.3f}" for c, r in ratios) if ratios else "not measured",
                          holds=max(r for _, r in ratios) <= TARGET_DECODE_OVER_SKIPPED if ratios else None,
@@ -605,8 +774,10 @@ def figure4a_notes(results: dict) -> list[str]:
 
 __all__ = [
     "QWEN2_7B", "TINY", "SHAPES", "VARIANTS", "NO_ATTENTION", "build_model", "load_pretrained", "set_variant",
-    "make_lean", "time_prefill", "time_decode", "decode_fits", "run_benchmark", "weight_bytes",
-    "decode_weight_bytes", "kv_bytes", "decode_floor_ms", "attended_tokens", "prefill_linear_flops",
-    "prefill_attention_flops", "PAPER", "PAPER_CONTEXT", "PAPER_SHAPE", "MINFERENCE", "DECODE_CHECK_TOL",
-    "TARGET_DECODE_OVER_SKIPPED", "TARGET_DECODE_FLAT", "decode_kernel_ok", "figure4a_claims", "figure4a_notes",
+    "flex_options",
+    "make_lean", "COMPILE_DYNAMIC", "FUSED_GEMM_MAX_TOKENS", "FUSED_ATTENTION_CLASSES", "time_prefill",
+    "time_decode", "decode_fits", "run_benchmark", "weight_bytes", "decode_weight_bytes", "kv_bytes",
+    "decode_floor_ms", "attended_tokens", "prefill_linear_flops", "prefill_attention_flops", "PAPER",
+    "PAPER_CONTEXT", "PAPER_SHAPE", "MINFERENCE", "DECODE_CHECK_TOL", "TARGET_DECODE_OVER_SKIPPED",
+    "TARGET_DECODE_FLAT", "TARGET_PREFILL_VS_FLEX", "TARGET_PREFILL_VS_FLEX_FROM", "decode_kernel_ok", "figure4a_claims", "figure4a_notes",
 ]

@@ -74,7 +74,7 @@ def versions() -> dict:
 
 
 def provenance(params: dict | None = None) -> dict:
-    return {
+    record = {
         "commit": git_commit(),
         "source_digest": source_digest(),
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -83,6 +83,13 @@ def provenance(params: dict | None = None) -> dict:
         "parameters": params or {},
         "argv": sys.argv,
     }
+    tiles = os.environ.get("POWERATTN_TILES")
+    if tiles:  # kernel tile-table entries replaced for this run (kernels.tiles): what the kernels ran with
+        try:
+            record["tile_overrides"] = json.loads(Path(tiles).read_text())
+        except (OSError, ValueError) as e:
+            record["tile_overrides"] = f"unreadable {tiles}: {e}"
+    return record
 
 
 def write_provenance(output_dir, params: dict | None = None, name: str = "provenance.json") -> dict:

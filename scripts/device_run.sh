@@ -10,6 +10,10 @@
 #   bash scripts/device_run.sh gen                generation timing of the RULER section on random weights
 #   bash scripts/device_run.sh resume BUDGET_S    like run, on a fresh machine: the committed artifacts seed
 #                                                 $W/artifacts (nothing overwritten), the missing units run
+#   bash scripts/device_run.sh variants           issue 11: candidate kernel settings vs the tile table, both
+#                                                 shapes (scripts/kernel_check.py --variants); the adopted ones
+#                                                 go to $W/tiles_choice.json, which nb08 / nb09 then run with
+#   bash scripts/device_run.sh nb NAME TIMEOUT_S  notebook NAME (e.g. 08_figure4b_kernels) under papermill, gpu profile
 set -uo pipefail
 W=/var/tmp/pa
 mkdir -p "$W/work" .cache/corpora/books
@@ -42,6 +46,15 @@ case "$1" in
   gen)
     python3 -m lib.pipeline --params params/accuracy/gpu.yaml --work "$W/gen" --throughput --throughput-parts generate \
         --out "$OUT" 2>&1 | grep -v "it/s" | tail -20 ;;
+  variants)
+    python3 scripts/kernel_check.py --variants --out "$OUT/variants" 2>&1 | tee "$OUT/variants.log" | grep -v '^{"kind"' | tail -25
+    [ -f "$OUT/variants/tiles_choice.json" ] && cp "$OUT/variants/tiles_choice.json" "$W/tiles_choice.json" ;;
+  nb)
+    [ -f "$W/tiles_choice.json" ] && export POWERATTN_TILES=$W/tiles_choice.json && echo "tiles: $(cat $POWERATTN_TILES | head -c 600)"
+    timeout "${3:-500}" make "outputs/gpu/$2.ipynb" USE_ACTIVE_ENV=1 PROFILE=gpu \
+        RUN_ENV="PYTHONPATH=/tmp/site:$PWD PYTHONHASHSEED=0 POWERATTN_TILES=${POWERATTN_TILES:-}" > "$OUT/$2.log" 2>&1
+    echo "$2 exit $?"; tail -8 "$OUT/$2.log"
+    tar czf "$OUT/$2.tgz" "outputs/gpu/$2" "outputs/gpu/$2.ipynb" 2>/dev/null ;;
   resume)
     mkdir -p "$W/artifacts"
     for f in outputs/gpu/accuracy_run/artifacts/*.json; do [ -e "$W/artifacts/${f##*/}" ] || cp "$f" "$W/artifacts/"; done

@@ -31,7 +31,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 32)
 HQ, HKV, S, S_DECODE = 28, 4, 32768, 131072
 FP32_ARGS = {"LSE", "DELTA", "DK", "DV", "OP", "LP"}
-I32_ARGS = {"KV_IDX", "KV_CNT", "KV_FULL", "Q_LISTS", "ITEMS", "BLOCKS"}
+I32_ARGS = {"KV_IDX", "KV_CNT", "KV_FULL", "Q_LISTS", "ITEMS", "BLOCKS", "COUNTERS"}
 # (name, kernel, dtype, head dim, constexprs, num_warps, num_stages)
 CASES = [
     ("fwd bf16 d128 TMA", "fwd", "bf16", 128, dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=True), 8, 3),
@@ -39,6 +39,11 @@ CASES = [
     ("fwd bf16 d64 TMA (d64 tile)", "fwd", "bf16", 64, dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=True), 4, 2),
     ("fwd bf16 d64 TMA (d128 tile)", "fwd", "bf16", 64, dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=True), 8, 3),
     ("fwd fp16 d64 pointer", "fwd", "fp16", 64, dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=False), 4, 2),
+    ("fwd bf16 d128 TMA warp-spec", "fwd", "bf16", 128, dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=True, WARP_SPEC=True), 8, 3),
+    ("fwd bf16 d128 TMA 128x64 warp-spec", "fwd", "bf16", 128, dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=True,
+                                                                     WARP_SPEC=True), 4, 2),
+    ("fwd bf16 d64 TMA (d64 tile) warp-spec", "fwd", "bf16", 64, dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=True,
+                                                                       WARP_SPEC=True), 4, 2),
     ("fwd fp32 d128 TMA", "fwd", "fp32", 128, dict(BLOCK_M=64, BLOCK_N=64, USE_TMA=True), 8, 3),
     ("dq bf16 d128 TMA", "dq", "bf16", 128, dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=True), 8, 2),
     ("dq bf16 d128 pointer", "dq", "bf16", 128, dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=False), 8, 2),
@@ -51,6 +56,10 @@ CASES = [
     ("decode bf16 d128", "decode", "bf16", 128, dict(BLOCK_N=64, BLOCK_H=16, POS_IN_MEMORY=False), 4, 3),
     ("decode bf16 d128 device position", "decode", "bf16", 128, dict(BLOCK_N=64, BLOCK_H=16, POS_IN_MEMORY=True), 4, 3),
     ("decode bf16 d64", "decode", "bf16", 64, dict(BLOCK_N=64, BLOCK_H=16, POS_IN_MEMORY=False), 4, 3),
+    ("decode bf16 d128 fused", "decode", "bf16", 128, dict(BLOCK_N=64, BLOCK_H=16, POS_IN_MEMORY=False, FUSED=True,
+                                                           SPLITS_P2=64), 4, 3),
+    ("decode bf16 d64 fused", "decode", "bf16", 64, dict(BLOCK_N=64, BLOCK_H=16, POS_IN_MEMORY=False, FUSED=True,
+                                                         SPLITS_P2=64), 4, 3),
     ("decode fp32 d128", "decode", "fp32", 128, dict(BLOCK_N=64, BLOCK_H=16, POS_IN_MEMORY=False), 4, 3),
 ]
 
@@ -76,6 +85,9 @@ def arg_values(kernel: str, head_dim: int) -> dict:
 
 def compile_case(fn, kernel, dtype, head_dim, constexprs, num_warps, num_stages):
     consts = dict(constexprs, HEAD_DIM=head_dim, BLOCK_SIZE=256)
+    for flag, off in (("WARP_SPEC", False), ("FUSED", False), ("SPLITS_P2", 2)):  # issue 11's constexprs
+        if flag in fn.arg_names:
+            consts.setdefault(flag, off)
     precision = "ieee" if dtype == "fp32" else "tf32"
     consts.update(PRECISION=precision) if "PRECISION" in fn.arg_names else consts.update(IEEE=dtype == "fp32")
     values = arg_values(kernel, head_dim)
@@ -142,7 +154,9 @@ def main(argv=None):
             code = sass(new)
             line = (f"{name:34s} shared {new.metadata.shared:6d} B  {len(code):6d} instructions  "
                     f"sha1 {hashlib.sha1(chr(10).join(code).encode()).hexdigest()[:12]}")
-            if theirs is not None:
+            if theirs is not None and not set(constexprs) <= set(theirs[kernel].arg_names):
+                line += f"  (setting not at {a.against})"
+            elif theirs is not None:
                 old = sass(compile_case(theirs[kernel], kernel, dtype, head_dim, constexprs, warps, stages))
                 line += "  IDENTICAL" if old == code else f"  differs ({len(old)} instructions at {a.against})"
             print(line, flush=True)

@@ -192,3 +192,16 @@ def test_graph_decode_kernel_vs_float64(pattern, cfg):
     err = hf_attention.check_decode_kernel(device, torch.float32, batch=2, heads=(6, 2), head_dim=32, seq=203, block_size=16,
                              pattern=pattern, seed=len(pattern), **cfg)
     assert err < 1e-4
+
+
+def test_flex_kernel_options_are_set_and_checked():
+    """The end-to-end Flex baseline can be given its fastest kernel_options (issue 11); bad input is refused."""
+    try:
+        hf_attention.set_flex_kernel_options(dict(BLOCK_M=128, BLOCK_N=128, num_warps=8))
+        assert hf_attention._flex_options == dict(BLOCK_M=128, BLOCK_N=128, num_warps=8)
+        with pytest.raises(TypeError, match="kernel_options must be a dict"):
+            hf_attention.set_flex_kernel_options("tma")
+        assert hf_attention._flex_options["num_warps"] == 8  # nothing lost by the refused call
+    finally:
+        hf_attention.set_flex_kernel_options(None)
+    assert hf_attention._flex_options == {}

@@ -107,3 +107,34 @@ def test_section41_config_is_the_papers():
         assert name in ("full", "longnet") or int(row) == 10
     with pytest.raises(ValueError, match="unknown pattern"):
         masks.section41_config("distance_set")
+
+
+@pytest.mark.parametrize("pattern", ["power", "sliding_window", "dilated"])
+def test_decode_rows_never_reads_the_device_on_the_host(pattern):
+    """decode_rows runs inside a CUDA-graph capture (notebook 09's decode): no op may read a device value on the
+    host (``aten._local_scalar_dense``, what ``.item()`` and indexing by a 0-dim tensor do: a sync, which
+    invalidates the capture). Checked on CPU by recording the ops dispatched; the rows are the table's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lib.hf_attention import _step_blocks
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    lay = masks.layout(pattern, 4000, 256)
+    tables = lay.tables("cpu")  # built before a capture, as a warm-up step does
+    for p in (0, 255, 256, 1999, 3999, 10**6):
+        pos = torch.tensor([p])
+        with Ops() as ops:
+            blocks, valid = lay.decode_rows(pos)
+            _step_blocks(pos.reshape(1, 1), pos, 4000, pattern, 256, {})
+        assert not any("_local_scalar_dense" in n for n in ops.names), ops.names
+        qb = min(p // 256, lay.num_blocks - 1)
+        assert torch.equal(blocks, tables.kv_indices[qb].long())
+        assert valid.tolist() == [i < int(tables.kv_counts[qb]) for i in range(blocks.numel())]

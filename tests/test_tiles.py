@@ -25,19 +25,19 @@ def test_defaults_are_the_h100_sweep():
     """kernels/NOTES.md: forward 128x128/8 warps/3 stages, dQ 128x128/8/2, dK/dV 64x64/4/2, all TMA;
     decode BLOCK_N 64, 4 warps, 3 stages, automatic splits."""
     assert settings(tiles.tiles_for("fwd", 128, torch.bfloat16, 256)) == dict(
-        BLOCK_M=128, BLOCK_N=128, USE_TMA=1, num_warps=8, num_stages=3)
+        BLOCK_M=128, BLOCK_N=128, USE_TMA=1, WARP_SPEC=0, num_warps=8, num_stages=3)
     assert settings(tiles.tiles_for("dq", 128, torch.bfloat16, 256)) == dict(
         BLOCK_M=128, BLOCK_N=128, USE_TMA=1, num_warps=8, num_stages=2)
     assert settings(tiles.tiles_for("dkdv", 128, torch.bfloat16, 256)) == dict(
         BLOCK_M=64, BLOCK_N=64, USE_TMA=1, num_warps=4, num_stages=2)
     assert settings(tiles.tiles_for("decode", 128, torch.bfloat16, 256)) == dict(
-        BLOCK_N=64, NUM_SPLITS=0, num_warps=4, num_stages=3)
+        BLOCK_N=64, NUM_SPLITS=0, FUSED=0, num_warps=4, num_stages=3)
 
 
 def test_head_dim_64_forward_entry():
     """The SmolLM2-shape measurement (head dim 64, half precision): 128x64 tiles, 4 warps, 2 stages.
     Head dim 128, fp32 and the backward keep the defaults."""
-    d64 = dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=1, num_warps=4, num_stages=2)
+    d64 = dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=1, WARP_SPEC=0, num_warps=4, num_stages=2)
     for dtype in (torch.bfloat16, torch.float16, "bf16", "fp16"):
         assert settings(tiles.tiles_for("fwd", 64, dtype, 256)) == d64
     assert settings(tiles.tiles_for("fwd", 128, torch.float16, 256))["BLOCK_N"] == 128
@@ -65,12 +65,12 @@ def test_overrides_config_and_dict():
     base = tiles.TILES[("fwd", 128, "bf16")]
     # A triton.Config sets warps and stages (its own defaults when not given) and the kwargs it names.
     cfg = tiles.tiles_for("fwd", 128, "bf16", 256, triton.Config({"BLOCK_N": 32}, num_warps=2))
-    assert settings(cfg) == dict(BLOCK_M=128, BLOCK_N=32, USE_TMA=1, num_warps=2, num_stages=3)
+    assert settings(cfg) == dict(BLOCK_M=128, BLOCK_N=32, USE_TMA=1, WARP_SPEC=0, num_warps=2, num_stages=3)
     # A dict changes only what it names.
     cfg = tiles.tiles_for("fwd", 128, "bf16", 256, {"num_stages": 2, "USE_TMA": False})
-    assert settings(cfg) == dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=0, num_warps=8, num_stages=2)
+    assert settings(cfg) == dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=0, WARP_SPEC=0, num_warps=8, num_stages=2)
     # The table is never modified by a lookup.
-    assert settings(base) == dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=1, num_warps=8, num_stages=3)
+    assert settings(base) == dict(BLOCK_M=128, BLOCK_N=128, USE_TMA=1, WARP_SPEC=0, num_warps=8, num_stages=3)
     assert tiles.tiles_for("fwd", 128, "bf16", 256) is not base
     assert settings(tiles.tiles_for("fwd", 128, "bf16", 256)) == settings(base)
 
@@ -80,7 +80,7 @@ def test_overrides_config_and_dict():
     ({"BLOCK_N": 8}, "power of two"),
     ({"num_warps": 0}, "num_warps"),
     ({"BLOCK_M": 64.5}, "integer"),
-    ({"BLOCK_K": 64}, r"unknown fwd settings \['BLOCK_K'\].*accepted: \['BLOCK_M', 'BLOCK_N', 'USE_TMA'\]"),
+    ({"BLOCK_K": 64}, r"unknown fwd settings \['BLOCK_K'\].*accepted: \['BLOCK_M', 'BLOCK_N', 'USE_TMA', 'WARP_SPEC'\]"),
 ])
 def test_bad_override_values(override, words):
     with pytest.raises(ValueError, match=words):
@@ -115,3 +115,31 @@ def test_entry_points_check_kernel_config_on_every_backend():
         with pytest.raises(ValueError, match="unknown decode settings"):
             kernels.sparse_decode(q[:, :, -1:], k, v, "power", 16, backend=backend,
                                   kernel_config={"decode": {"BLOCK_M": 16}})
+
+
+def test_tiles_file_replaces_entries_in_a_fresh_process(tmp_path):
+    """POWERATTN_TILES (a tuning run's adopted entries, scripts/kernel_check.py --variants) replaces the named
+    entries at import and leaves the others; a bad file is refused with the entry named."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    good = tmp_path / "tiles.json"
+    good.write_text(json.dumps([dict(kernel="fwd", head_dim=128, dtype="bf16", kwargs=dict(WARP_SPEC=1, BLOCK_N=64),
+                                     num_warps=4, why="a note")]))
+    code = ("import json, torch; from kernels import tiles; c = tiles.tiles_for('fwd', 128, torch.bfloat16, 256); "
+            "d = tiles.tiles_for('fwd', 128, torch.float16, 256); "
+            "print(json.dumps([dict(c.kwargs, w=c.num_warps, s=c.num_stages), d.kwargs['WARP_SPEC'], "
+            "len(tiles.FILE_OVERRIDES)]))")
+    env = dict(os.environ, POWERATTN_TILES=str(good), PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cfg, fp16_ws, n = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cfg == dict(BLOCK_M=128, BLOCK_N=64, USE_TMA=1, WARP_SPEC=1, w=4, s=3) and fp16_ws == 0 and n == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([dict(kernel="fwd", head_dim=128, dtype="bf16", kwargs=dict(TILE=3))]))
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, POWERATTN_TILES=str(bad)), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "POWERATTN_TILES" in out.stderr and "TILE" in out.stderr

@@ -319,9 +319,11 @@ class BlockLayout:
         Full blocks come first, the diagonal last.
         """
         t = self.tables(pos.device)
-        qb = (pos.reshape(()) // self.block_size).long().clamp(max=self.num_blocks - 1)
-        blocks = t.kv_indices[qb].long()
-        valid = torch.arange(blocks.numel(), device=pos.device) < t.kv_counts[qb]
+        qb = (pos.reshape(1) // self.block_size).long().clamp(max=self.num_blocks - 1)
+        # index_select, not t.kv_indices[qb]: indexing with a 0-dim tensor reads it on the host (.item(), a
+        # device sync), which a CUDA-graph capture does not allow (it invalidated notebook 09's decode capture).
+        blocks = t.kv_indices.index_select(0, qb)[0].long()
+        valid = torch.arange(blocks.numel(), device=pos.device) < t.kv_counts.index_select(0, qb)
         return blocks, valid
 
     # ------------------------------------------------------------------ FlexAttention
