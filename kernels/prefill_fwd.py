@@ -9,8 +9,9 @@ sequence) are seen entirely by every row: they run unmasked in one flat
 sequence-tail mask. The per-tile step is ``kernels._jit.attend_tile``, called
 once per loop with its ``MASKED`` flag. ``USE_TMA`` (Hopper) loads K/V tiles
 through tensor descriptors (bulk copy engine; rows past the sequence end come
-back as zeros). ``WARP_SPEC`` (issue 11, a tile setting) compiles the same steps as one
-loop with Triton's warp specialisation, the diagonal tiles unrolled before it.
+back as zeros). ``WARP_SPEC`` (issue 11, an opt-in tile setting) compiles the same steps as one
+loop with Triton's warp specialisation, the diagonal tiles unrolled before it; Triton 3.6
+makes no warp partition for sm_90, and on the H100 it measured 0.88-0.99x the two-loop kernel.
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ tiles through tensor descriptors (Hopper's bulk copy engine), and falls back to 
 itself when a tensor is not 16-byte aligned. ``NUM_SPLITS``: decode programs per key/value head
 (auto: two waves of programs over the GPU). ``WARP_SPEC``: the forward's unmasked loop is compiled
 with Triton's warp specialisation (``tl.range(..., warp_specialize=True)``) and its diagonal tiles
-are unrolled, so the kernel has a single loop. ``FUSED``: decode merges its splits in the last
-program of each key/value head instead of a second kernel. Where each entry comes from:
+are unrolled, so the kernel has a single loop (Triton 3.6 makes no warp partition for sm_90, and on
+the H100 this variant measured 0.88-0.99x the table's: opt-in, off by default). ``FUSED``: decode merges its splits in the last
+program of each key/value head instead of a second kernel (measured slower on the H100: opt-in). Where each entry comes from:
 kernels/NOTES.md, "Refactor (issue 8)" and "Issue 11".
 
 ``POWERATTN_TILES=<file.json>`` (read once, at import) replaces table entries for a tuning run:

@@ -213,14 +213,18 @@ def _alternating(fn_by_name, rounds=2):
     return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
 
 
-def variants(log, lengths=(32768, 131072), contexts=(8192, 131072), batches=(1, 16), fwd_variants=None):
+def variants(log, lengths=(32768, 131072), contexts=(8192, 131072), batches=(1, 16), fwd_variants=None,
+             decode_variants=None, shapes=None):
     """Rows of forward and decode timings of the table's entries and the candidates, both shapes, and the
     ``POWERATTN_TILES`` entries the adoption rule picks."""
     from kernels.tiles import dtype_name, tiles_for
 
     rows, choice = [], []
     g = torch.Generator(device="cuda").manual_seed(0)
+    dv = DECODE_VARIANTS if decode_variants is None else {n: DECODE_VARIANTS[n] for n in decode_variants}
     for shape, (Hq, Hkv, D) in SHAPES.items():
+        if shapes is not None and shape not in shapes:
+            continue
         fv = FWD_VARIANTS if fwd_variants is None else {n: FWD_VARIANTS[n] for n in fwd_variants}
         cands = {name: {"fwd": per_dim[D]} for name, per_dim in fv.items() if D in per_dim}
         ok = {}
@@ -254,15 +258,15 @@ def variants(log, lengths=(32768, 131072), contexts=(8192, 131072), batches=(1, 
                                    num_stages=cfg.num_stages, why=f"{best}: >= {good[best]:.3f}x the table entry"))
         # Decode: fused split+merge against the table's two launches, batch 1 and 16.
         dok = {}
-        for name, dec in DECODE_VARIANTS.items():
+        for name, dec in dv.items():
             check = decode_correctness(log, QUICK_CASES, (torch.bfloat16, torch.float16, torch.float32),
                                        kernel_config={"decode": dec})
             dok[name] = all(r["dec"] <= TOL[getattr(torch, r["dtype"])] and not r["nan"] and r["repeat_identical"]
                             for r in check)
             log(dict(decode_check=name, shape=shape, cases=len(check), ok=dok[name],
                      worst=max(r["dec"] for r in check)))
-        dgain = {name: {} for name in DECODE_VARIANTS}
-        for S in contexts:
+        dgain = {name: {} for name in dv}
+        for S in (contexts if dv else ()):
             for batch in batches:
                 qd, kd, vd = random_qkv(batch, Hq, Hkv, S, D, generator=g, q_len=1)
 
@@ -275,7 +279,7 @@ def variants(log, lengths=(32768, 131072), contexts=(8192, 131072), batches=(1, 
                             return bench_ms(f, cudagraph=True) * 1e3
                     return run
                 us = _alternating({"table": dtimer(None),
-                                   **{n: dtimer({"decode": d}) for n, d in DECODE_VARIANTS.items()}})
+                                   **{n: dtimer({"decode": d}) for n, d in dv.items()}})
                 for name, t in us.items():
                     rows.append(dict(kind="decode", shape=shape, S=S, batch=batch, pattern="power", variant=name,
                                      us=t, correct=dok.get(name, True), speedup=us["table"] / t))
@@ -288,7 +292,7 @@ def variants(log, lengths=(32768, 131072), contexts=(8192, 131072), batches=(1, 
             rest = [x for (S, b), x in gain.items() if b != 1]
             if dok[name] and b1 and min(b1) >= 1 + ADOPT_GAIN and all(x >= 1 - ADOPT_GAIN for x in rest):
                 for dt in ("bf16", "fp16", "fp32"):
-                    cfg = tiles_for("decode", D, dt, 256, DECODE_VARIANTS[name])
+                    cfg = tiles_for("decode", D, dt, 256, dv[name])
                     choice.append(dict(kernel="decode", head_dim=D, dtype=dt, kwargs=cfg.kwargs,
                                        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                        why=f"{name}: >= {min(b1):.3f}x at batch 1"))
@@ -324,6 +328,8 @@ def main(argv=None):
                         "configuration for --baseline-shape; writes variants.json and tiles_choice.json")
     p.add_argument("--baseline-shape", choices=sorted(SHAPES) + ["none"], default="smollm2")
     p.add_argument("--fwd-variants", default="all", help="comma-separated FWD_VARIANTS names, 'all' or 'none'")
+    p.add_argument("--decode-variants", default="all", help="comma-separated DECODE_VARIANTS names, 'all' or 'none'")
+    p.add_argument("--shapes", default="all", help=f"comma-separated names of {sorted(SHAPES)}, or 'all'")
     p.add_argument("--baseline-lengths", default="16384,32768,65536,131072", help="forward lengths of the baselines")
     p.add_argument("--baseline-bwd-lengths", default="16384,32768,65536", help="forward+backward lengths ('' = none)")
     p.add_argument("--baseline-patterns", default="power,sliding_window")
@@ -337,7 +343,9 @@ def main(argv=None):
                                                                         triton=triton.__version__))
         fv = None if a.fwd_variants == "all" else [x for x in a.fwd_variants.split(",") if x and x != "none"]
         ints = lambda text: tuple(int(x) for x in text.split(",") if x)
-        res["rows"], res["choice"] = variants(log, fwd_variants=fv)
+        dv = None if a.decode_variants == "all" else [x for x in a.decode_variants.split(",") if x and x != "none"]
+        shapes = None if a.shapes == "all" else a.shapes.split(",")
+        res["rows"], res["choice"] = variants(log, fwd_variants=fv, decode_variants=dv, shapes=shapes)
         (out / "tiles_choice.json").write_text(json.dumps(res["choice"], indent=1))
         print(f"variants done {time.time() - t0:.0f}s; adopted: {[c['why'] for c in res['choice']]}", flush=True)
         (out / "variants.json").write_text(json.dumps(res, indent=1))
