@@ -208,8 +208,16 @@ def _tiles(kernel, head_dim, dtype, block_size, override) -> triton.Config:
                          num_stages=_int(f"{kernel} num_stages", num_stages, 1))
 
 
-FILE_OVERRIDES = _file_overrides(os.environ["POWERATTN_TILES"]) if os.environ.get("POWERATTN_TILES") else {}
-TILES.update(FILE_OVERRIDES)
+def use_tiles_file(path) -> dict:
+    """Replace table entries with those of a tiles file (the ``POWERATTN_TILES`` format); returns them.
+    Lookups made before see the new entries too (the lookup cache is cleared)."""
+    entries = _file_overrides(path)
+    TILES.update(entries)
+    _cached_tiles.cache_clear()
+    return entries
+
+
+FILE_OVERRIDES = use_tiles_file(os.environ["POWERATTN_TILES"]) if os.environ.get("POWERATTN_TILES") else {}
 
 
 def _int(name: str, value, lowest: int = 0) -> int:
@@ -222,5 +230,5 @@ def _int(name: str, value, lowest: int = 0) -> int:
     return out
 
 
-__all__ = ["BWD_CHUNK", "DTYPES", "FILE_OVERRIDES", "HEAD_DIMS", "KERNELS", "OVERRIDE_KEYS", "SETTINGS", "TILES", "check_overrides",
+__all__ = ["BWD_CHUNK", "DTYPES", "FILE_OVERRIDES", "HEAD_DIMS", "KERNELS", "OVERRIDE_KEYS", "SETTINGS", "TILES", "check_overrides", "use_tiles_file",
            "dtype_name", "tiles_for"]
