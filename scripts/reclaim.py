@@ -5,7 +5,7 @@
 Notebooks 08 and 09 cannot run on a CPU machine without replacing their GPU numbers, so when a claim rule or a
 threshold changes (issue 11 set new kernel targets) their ``results.json`` claims and ``summary.md`` are
 recomputed here from the stored numbers: 08 by ``kernels.benchmark.kernel_claims`` (+ ``sweep_claims`` of the
-side-by-side sweep file beside it), 09 by ``lib.latency.figure4a_claims``. The numbers are untouched; the notes
+side-by-side sweep files beside it), 09 by ``lib.latency.figure4a_claims``. The numbers are untouched; the notes
 after the claims table of ``summary.md`` are kept, and a line says the claims were recomputed.
 """
 from __future__ import annotations
@@ -52,12 +52,13 @@ def main(argv=None) -> int:
     from kernels import benchmark as kb
     from lib import latency
 
-    sweep_path = out / "08_figure4b_kernels_issue11_sweep.json"
-    sweep = json.loads(sweep_path.read_text()) if sweep_path.exists() else None
+    # the side-by-side sweeps of issue 11, in notebook 08's order: Qwen2-7B shape, then SmolLM2's (head dim 64)
+    sweeps = [json.loads(p.read_text()) for p in (out / "08_figure4b_kernels_issue11_sweep.json",
+                                                  out / "08_figure4b_kernels_issue11_d64.json") if p.exists()]
 
     def k08(r):
         return (kb.kernel_claims(r, errors=r.get("errors"), errors_device=r.get("device"))
-                + (kb.sweep_claims(sweep) if sweep else []))
+                + [c for sweep in sweeps for c in kb.sweep_claims(sweep)])
 
     for name, fn, title in (("08_figure4b_kernels", k08, "08 · Figure 4b: attention kernel latency"),
                             ("09_figure4a_latency", latency.figure4a_claims,

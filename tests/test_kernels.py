@@ -391,6 +391,33 @@ def test_kernel_claims_on_committed_and_new_results():
     assert [c["verdict"] for c in none] == ["inconclusive"]
 
 
+def test_sweep_claims_per_shape():
+    """kernels.benchmark.sweep_claims: the Qwen2-7B shape keeps ``sweep_target_*`` ids, another shape gets
+    ``sweep_<shape>_target_*`` (no id clash in notebook 08), forward + backward is judged only when the sweep timed
+    Flex's backward, and the 500 TFLOP/s target (set at head dim 128) only on the Qwen2-7B shape."""
+    from kernels import benchmark as kb
+    from lib.claims import validate
+
+    def row(L, mode, method, ms, pattern="power", tflops=400.0):
+        return dict(length=L, mode=mode, method=method, pattern=pattern, ms=ms, tflops=tflops, pairs=1, bound=23.4)
+
+    fwd = [row(131072, "fwd", "sdpa", 230.0, pattern="full"), row(131072, "fwd", "ours", 10.0),
+           row(131072, "fwd", "flex", 12.6), row(131072, "fwd", "flex[a]", 12.6), row(131072, "fwd", "flex[b]", 14.0)]
+    bwd = [row(65536, "fwd_bwd", "ours", 30.0), row(65536, "fwd_bwd", "flex", 38.0)]
+    q = {c["id"]: c["verdict"] for c in validate(kb.sweep_claims(
+        dict(device="GPU", rows=[], baselines=dict(shape="qwen2", rows=fwd))))}
+    assert q == {"sweep_target_fwd_vs_flex": "reproduced", "sweep_target_fwd_vs_sdpa_128k": "reproduced",
+                 "sweep_target_fwd_tflops": "not reproduced"}
+    s = {c["id"]: c["verdict"] for c in validate(kb.sweep_claims(
+        dict(device="GPU", rows=[], baselines=dict(shape="smollm2", rows=fwd + bwd))))}
+    assert s == {"sweep_smollm2_target_fwd_vs_flex": "reproduced", "sweep_smollm2_target_fwd_vs_sdpa_128k": "reproduced",
+                 "sweep_smollm2_target_fwd_bwd_vs_flex": "not reproduced"}  # 38 / 30 = 1.27 < 1.3
+    fast_bwd = [dict(r, ms=39.1) if r["method"] == "flex" else r for r in bwd]  # 1.303 >= 1.3
+    s = {c["id"]: c["verdict"] for c in kb.sweep_claims(
+        dict(device="GPU", rows=[], baselines=dict(shape="smollm2", rows=fwd + fast_bwd)))}
+    assert s["sweep_smollm2_target_fwd_bwd_vs_flex"] == "reproduced"
+
+
 def test_flex_baseline_is_the_fastest_configuration_that_ran():
     from kernels.benchmark import best_flex_rows
 
