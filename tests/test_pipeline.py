@@ -26,8 +26,60 @@ TINY = dict(
 def tok(tmp_path_factory):
     import os
 
+    # A private cache for this module, restored afterwards: notebook tests later in the same worker must
+    # see the repository's cache (their kernels inherit this process's environment).
+    before = os.environ.get("POWERATTN_CACHE")
     os.environ["POWERATTN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return load_pretrained("tiny-llama")[1]
+    try:
+        yield load_pretrained("tiny-llama")[1]
+    finally:
+        if before is None:
+            os.environ.pop("POWERATTN_CACHE", None)
+        else:
+            os.environ["POWERATTN_CACHE"] = before
+
+
+def test_two_writers_of_one_unit_never_remove_each_others_file(tmp_path):
+    """CI once failed with FileNotFoundError on `<unit>.tmp -> <unit>.json`: two processes wrote one unit through
+    one shared temporary name. Each writer now has its own; the last complete file wins."""
+    import threading
+
+    errors = []
+
+    def write(k):
+        try:
+            for i in range(300):
+                pipeline._write_unit(tmp_path, "passkey/power/s0", dict(writer=k, i=i))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    assert [p.name for p in tmp_path.iterdir()] == ["passkey__power__s0.json"]  # no temporary left behind
+    assert pipeline.load_artifacts(tmp_path)["passkey/power/s0"]["i"] == 299
+
+
+def test_a_second_run_of_the_same_folder_waits_for_the_first(tmp_path):
+    import threading
+
+    order, logs = [], []
+    with pipeline.run_lock(tmp_path):
+        def second():
+            with pipeline.run_lock(tmp_path, log=logs.append):
+                order.append("second")
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and order == [], "the second run did not wait for the lock"
+        order.append("first done")
+    t.join(5)
+    assert order == ["first done", "second"]
+    assert logs and "another process is running this pipeline" in logs[0]
 
 
 def test_passkey_prompts_are_exact_and_the_needle_stays_in_one_block(tok):

@@ -298,3 +298,27 @@ def test_plot_probe_heatmap():
     assert im.get_array().shape == (31, 64)
     assert any(t.get_text() == f"{acc[-1, -1]:.2f}" for t in ax.texts)
     plt.close(fig)
+
+
+def test_figure5_claims_set_accuracy_differences_against_sampling_noise():
+    """The final-accuracy claims give each difference with 2 SE over the probed samples and the chance level;
+    the verdicts still follow the rules written before the run."""
+    from lib import accuracy as A
+    from lib import claims
+
+    layers, blocks, n = 3, 8, 1200
+    grid = lambda last: np.r_[np.full((layers, blocks), 1 / 6), [[1 / 6] * (blocks - 1) + [last]]]  # noqa: E731
+    probe = dict(data=dict(needle_block=2, n=n, words=list(PASSKEY_WORDS)))
+    units = {"_run/config": dict(cfg=dict(patterns=["power", "sliding_window"])),
+             "probe/power/untrained": probe, "probe/sliding_window/untrained": probe}
+    for (p, tag), last in {("power", "untrained"): 0.18, ("power", "trained"): 0.60,
+                           ("sliding_window", "untrained"): 0.19, ("sliding_window", "trained"): 0.18}.items():
+        units[f"probefit/{p}/{tag}"] = dict(data=dict(accuracy=grid(last).tolist()))
+    out = {c["id"]: c for c in A.figure5_claims(A.Run(units))}
+    claims.validate(list(out.values()))
+    se = np.sqrt(0.18 * 0.82 / n + 0.19 * 0.81 / n)
+    assert f"difference -0.01 ± {2 * se:.2f}, 2 SE over {n} probed samples" in out["P.untrained"]["ours"]
+    assert "chance 0.17" in out["P.untrained"]["ours"]
+    assert out["P.untrained"]["verdict"] == "not reproduced"  # the pre-registered rule: power > sliding window
+    assert out["P.train_power"]["verdict"] == "reproduced" and "+0.42" in out["P.train_power"]["ours"]
+    assert out["P.train_sw"]["verdict"] == "not reproduced"

