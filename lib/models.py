@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lib.paths import cache_dir, private_tmp
+from lib.paths import atomic_file, cache_dir, private_tmp
 
 SMOLLM2 = "smollm2-135m"
 #: A tiny random Llama written as a GGUF file (``write_tiny_gguf``) and loaded through the same code: CI.
@@ -126,9 +126,8 @@ def load_pretrained(name: str, device="cpu", dtype=torch.float32, cache: bool = 
     elif name == TINY:
         path = cache_dir("models") / "tiny-llama-v1.gguf"
         if not path.exists():
-            tmp = private_tmp(path)
-            write_tiny_gguf(tmp, context=16384)
-            tmp.replace(path)
+            with atomic_file(path) as tmp:
+                write_tiny_gguf(tmp, context=16384)
         model, tokenizer = load_gguf(path, dtype=torch.float32)
         model = model.to(dtype)
     elif "/" in name:

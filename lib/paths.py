@@ -6,6 +6,7 @@ readers need live under ``outputs/`` and are committed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def private_tmp(path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.tmp")
 
 
+@contextlib.contextmanager
+def atomic_file(path):
+    """``with atomic_file(path) as tmp:`` write ``tmp`` (a ``private_tmp`` name); on success it replaces ``path``
+    in one step, on error it is removed. Readers never see a half-written ``path``."""
+    tmp = private_tmp(path)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def cache_dir(*parts: str) -> Path:
     """A sub-folder of the cache (created): ``cache_dir("models")``, ``cache_dir("corpora")``..."""
     path = cache_root().joinpath(*parts)
@@ -37,4 +50,4 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-__all__ = ["CACHE_ENV", "REPO", "cache_dir", "cache_root", "private_tmp"]
+__all__ = ["CACHE_ENV", "REPO", "atomic_file", "cache_dir", "cache_root", "private_tmp"]

@@ -42,7 +42,7 @@ from lib import hf_attention, masks
 from lib.data.passkey import PasskeyBuilder, PasskeyPieces, PasskeyTask
 from lib.data.text import TokenStream, eval_windows
 from lib.evaluation import passkey_records, perplexity
-from lib.paths import private_tmp
+from lib.paths import atomic_file
 from lib.train import TimeBudgetExceeded, TrainSchedule, train_loop
 
 PIPELINE_VERSION = 1
@@ -172,10 +172,8 @@ def done(artifacts, uid: str) -> bool:
 
 
 def _write_unit(artifacts: Path, uid: str, data: dict):
-    path = _unit_file(artifacts, uid)
-    tmp = private_tmp(path)
-    tmp.write_text(json.dumps(data, default=_plain))
-    tmp.replace(path)
+    with atomic_file(_unit_file(artifacts, uid)) as tmp:
+        tmp.write_text(json.dumps(data, default=_plain))
 
 
 @contextlib.contextmanager
@@ -269,9 +267,8 @@ class Runner:
         self.model.to(self.device)
 
     def save_state(self, path: Path):
-        tmp = private_tmp(path)
-        torch.save({k: v.detach().to("cpu") for k, v in self.model.state_dict().items()}, tmp)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            torch.save({k: v.detach().to("cpu") for k, v in self.model.state_dict().items()}, tmp)
 
     def _eval_batch(self, seq_len: int) -> int:
         return max(1, self.cfg["eval_batch_tokens"] // seq_len)
@@ -378,10 +375,8 @@ class Runner:
                                      batch_size=pc["batch_size"], progress=self.progress)
         stem = self.work / f"probe-{pattern}-{tag}"
         np.save(stem.with_suffix(".labels.npy"), np.asarray(task["labels"]))
-        tmp = private_tmp(stem.with_suffix(".features.npy"))
-        with open(tmp, "wb") as f:
+        with atomic_file(stem.with_suffix(".features.npy")) as tmp, open(tmp, "wb") as f:  # complete files only
             np.save(f, feats)
-        tmp.replace(stem.with_suffix(".features.npy"))  # complete files only
         if background_fit and (self.fitter is None or self.fitter.poll() is not None):
             self.fitter = start_probe_fitter(self.work, self.artifacts, self.cfg)
         return dict(needle_block=int(task["needle_block"]), words=list(task["words"]), n=int(len(task["labels"])),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from tqdm.auto import tqdm
 
-from lib.paths import private_tmp
+from lib.paths import atomic_file
 
 LOSS_CHUNK_TOKENS = 8192
 
@@ -159,10 +159,9 @@ def train_loop(model, batch_fn, schedule: TrainSchedule, *, device, run_key: str
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = private_tmp(path)
-        torch.save({"run_key": run_key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "history": history, "schedule": asdict(schedule)}, tmp)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            torch.save({"run_key": run_key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "history": history, "schedule": asdict(schedule)}, tmp)
 
     last_save = time.monotonic()
     t_start = time.monotonic()

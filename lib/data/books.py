@@ -173,7 +173,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from lib.paths import private_tmp
+from lib.paths import atomic_file
 
 BOOKS_FILE = "books.jsonl.gz"
 MANIFEST_FILE = "MANIFEST.json"
@@ -1042,14 +1042,12 @@ def write_books(books: Sequence[dict], path: Path) -> str:
     """Write records as gzip'd JSON lines (deterministic bytes); returns the file's SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = private_tmp(path)
-    with open(tmp, "wb") as raw:
+    with atomic_file(path) as tmp, open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
             for b in books:
                 rec = {k: b.get(k, "") for k in RECORD_FIELDS}
                 rec["n_chars"] = len(rec["text"])
                 gz.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-    os.replace(tmp, path)
     return sha256_file(path)
 
 

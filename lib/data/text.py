@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from lib.paths import cache_dir, private_tmp
+from lib.paths import atomic_file, cache_dir
 
 
 def _tokenizer_id(tokenizer) -> str:
@@ -38,10 +38,8 @@ def tokenize_docs(docs: list[str], tokenizer, cache: bool = True) -> list[np.nda
         return [data[f"d{i}"] for i in range(len(docs))]
     out = [np.asarray(tokenizer(d, add_special_tokens=False)["input_ids"], dtype=np.uint32) for d in docs]
     if path is not None:
-        tmp = private_tmp(path)
-        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **{f"d{i}": a for i, a in enumerate(out)})
-        tmp.replace(path)
     return out
 
 
