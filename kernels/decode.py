@@ -26,6 +26,13 @@ only; a call under capture with no big-enough buffer (no eager call before it)
 falls back to the unfused two launches. The interpreter runs the programs one
 after another, so there the last split program merges.
 
+Programmatic dependent launch (tile setting ``PDL``, issue 11; Hopper and later, ignored elsewhere):
+with ``PDL >= 1`` the merge kernel is launched while the split kernel still runs (its programs are
+placed once every split program has started, ``gdc_launch_dependents``) and waits in ``gdc_wait``,
+which returns when the split grid has finished and its stores are visible, so the merge's launch
+latency hides behind the split kernel. ``PDL = 2`` also launches the split kernel so, waiting
+(``gdc_wait``) before its first read for whatever kernel ran before it (the model's cache write, say).
+
 Two entry points, one launcher (``_launch``) and one tile setting
 (``kernels.tiles``, kernel ``"decode"``):
 
@@ -43,6 +50,8 @@ import functools
 import torch
 import triton
 import triton.language as tl
+
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._jit import LOG2E, attend_tile, dot_precision, finish_rows
 from .plan import empty
@@ -83,8 +92,12 @@ def _decode_split_kernel(Q, K, V, OP, LP, BLOCKS, ALLOWED, POS,
                          H_Q, H_KV, GROUP, T, S, U, NUM_SPLITS, qk_scale, O, COUNTERS, s_ob, s_oh, s_os,
                          BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, POS_IN_MEMORY: tl.constexpr,
-                         FUSED: tl.constexpr, SPLITS_P2: tl.constexpr):
+                         FUSED: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr = 0):
     TILES: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    if PDL >= 2:  # launched early: the kernel before this one may still be writing q, the cache or POS
+        gdc_wait()
+    if PDL >= 1:  # let the merge kernel be placed now; it waits (gdc_wait) for this whole grid to finish
+        gdc_launch_dependents()
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // H_KV
@@ -145,10 +158,19 @@ def _decode_split_kernel(Q, K, V, OP, LP, BLOCKS, ALLOWED, POS,
 
 @triton.jit
 def _decode_merge_kernel(OP, LP, O, s_ob, s_oh, s_os, H_KV, GROUP, T, NUM_SPLITS,
-                         BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr):
-    # One program per output row.
+                         BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr,
+                         PDL: tl.constexpr = 0):
+    # One program per output row. Launched early (PDL): wait until every split program's partials are written.
+    if PDL >= 1:
+        gdc_wait()
     _merge_row(OP, LP, O, tl.program_id(0), tl.program_id(1), s_ob, s_oh, s_os, H_KV, GROUP, T, NUM_SPLITS,
                BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM, SPLITS_P2=SPLITS_P2, CACHE="")
+
+
+@functools.lru_cache(maxsize=8)
+def _pdl_capable(device) -> bool:
+    """Programmatic dependent launch exists on Hopper (compute capability 9) and later GPUs; not in the interpreter."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 @functools.lru_cache(maxsize=8)
@@ -219,6 +241,8 @@ def _launch(q, k, v, blocks, allowed, pos, num_blocks, block_size, scale, kernel
     out = empty(*q.shape, device=q.device, dtype=q.dtype)
     sm_scale = D ** -0.5 if scale is None else float(scale)
     fused = counters is not None
+    pdl = cfg.kwargs.get("PDL", 0) if _pdl_capable(q.device) else 0
+    launch = dict(launch_pdl=True) if pdl >= 2 else {}  # a Triton launch option: only where it is used
     _decode_split_kernel[(B * Hkv, splits)](
         q, k, v, op, lp, blocks, allowed, blocks if pos is None else pos,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -227,11 +251,12 @@ def _launch(q, k, v, blocks, allowed, pos, num_blocks, block_size, scale, kernel
         out, counters if fused else blocks, out.stride(0), out.stride(1), out.stride(2),
         BLOCK_SIZE=block_size, BLOCK_H=block_h, BLOCK_N=block_n, HEAD_DIM=D, PRECISION=dot_precision(q.dtype),
         POS_IN_MEMORY=pos is not None, FUSED=fused, SPLITS_P2=splits_p2 if fused else 2,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        PDL=0 if fused and pdl < 2 else pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch)
     if not fused:
         _decode_merge_kernel[(B * Hkv, group * T)](op, lp, out, out.stride(0), out.stride(1), out.stride(2), Hkv,
                                                    group, T, splits, BLOCK_H=block_h, HEAD_DIM=D,
-                                                   SPLITS_P2=splits_p2, num_warps=4)
+                                                   SPLITS_P2=splits_p2, PDL=min(pdl, 1), num_warps=4,
+                                                   **(dict(launch_pdl=True) if pdl else {}))
     return out
 
 
@@ -254,5 +279,6 @@ def decode_at_position(q, k, v, blocks, valid, pos, block_size, *, scale=None, k
         raise ValueError(f"decode_at_position takes one query token per sequence, got {q.shape[2]}")
     if blocks.dim() != 1 or valid.shape != blocks.shape:
         raise ValueError(f"blocks and valid must be 1-D of equal length, got {tuple(blocks.shape)} and {tuple(valid.shape)}")
-    allowed = valid.to(torch.int8).reshape(1, -1)
+    # A bool mask is read as int8 in place (same bytes): no conversion kernel per layer and step.
+    allowed = (valid.view(torch.int8) if valid.dtype == torch.bool else valid.to(torch.int8)).reshape(1, -1)
     return _launch(q, k, v, blocks, allowed, pos, blocks.numel(), block_size, scale, kernel_config)

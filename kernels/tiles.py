@@ -11,7 +11,7 @@ kernel     ``Config.kwargs``                            also
 ``dq``     ``BLOCK_M``, ``BLOCK_N``, ``USE_TMA``        ``num_warps``, ``num_stages``
 ``dkdv``   ``BLOCK_M``, ``BLOCK_N``, ``USE_TMA``        ``num_warps``, ``num_stages``
 ``decode`` ``BLOCK_N``, ``NUM_SPLITS`` (0 = auto),      ``num_warps``, ``num_stages``
-           ``FUSED`` (0/1)
+           ``FUSED`` (0/1), ``PDL`` (0/1/2)
 =========  ===========================================  =====================================
 
 ``BLOCK_M`` is the query tile and ``BLOCK_N`` the key tile (rows of a program); ``USE_TMA`` loads
@@ -21,7 +21,9 @@ itself when a tensor is not 16-byte aligned. ``NUM_SPLITS``: decode programs per
 with Triton's warp specialisation (``tl.range(..., warp_specialize=True)``) and its diagonal tiles
 are unrolled, so the kernel has a single loop (Triton 3.6 makes no warp partition for sm_90, and on
 the H100 this variant measured 0.88-0.99x the table's: opt-in, off by default). ``FUSED``: decode merges its splits in the last
-program of each key/value head instead of a second kernel (measured slower on the H100: opt-in). Where each entry comes from:
+program of each key/value head instead of a second kernel (measured slower on the H100: opt-in). ``PDL``:
+programmatic dependent launch on Hopper (1: the merge kernel is launched while the split kernel runs; 2: the
+split kernel too, behind whatever ran before it; ignored on older GPUs and in the interpreter). Where each entry comes from:
 kernels/NOTES.md, "Refactor (issue 8)" and "Issue 11".
 
 ``POWERATTN_TILES=<file.json>`` (read once, at import) replaces table entries for a tuning run:
@@ -61,7 +63,7 @@ SETTINGS = {
     "fwd": ("BLOCK_M", "BLOCK_N", "USE_TMA", "WARP_SPEC"),
     "dq": ("BLOCK_M", "BLOCK_N", "USE_TMA"),
     "dkdv": ("BLOCK_M", "BLOCK_N", "USE_TMA"),
-    "decode": ("BLOCK_N", "NUM_SPLITS", "FUSED"),
+    "decode": ("BLOCK_N", "NUM_SPLITS", "FUSED", "PDL"),
 }
 OVERRIDE_KEYS = KERNELS + ("bwd_chunk",)
 BWD_CHUNK = 16  # query blocks per dK/dV work item (H100 sweep: 8 / 16 / 32 -> 12.54 / 12.51 / 13.11 ms)
@@ -72,7 +74,7 @@ _TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "
 _FWD = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1, "WARP_SPEC": 0}, num_warps=8, num_stages=3)
 _DQ = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1}, num_warps=8, num_stages=2)
 _DKDV = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "USE_TMA": 1}, num_warps=4, num_stages=2)
-_DECODE = triton.Config({"BLOCK_N": 64, "NUM_SPLITS": 0, "FUSED": 0}, num_warps=4, num_stages=3)
+_DECODE = triton.Config({"BLOCK_N": 64, "NUM_SPLITS": 0, "FUSED": 0, "PDL": 0}, num_warps=4, num_stages=3)
 # Head dim 64 forward, measured on SmolLM2's shape (9 query / 3 KV heads, bf16, H100): 1.25x faster
 # than _FWD (0.49 vs 0.61 ms at 32K, 2.24 vs 2.85 ms at 128K). At head dim 128 the same tile was
 # +5% at 32K and -5% at 128K, so head dim 128 keeps _FWD.

@@ -18,7 +18,9 @@ set -uo pipefail
 W=/var/tmp/pa
 mkdir -p "$W/work" .cache/corpora/books
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl >/dev/null 2>&1
-[ -d .gpu/nbwhl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/nbwhl/*.whl >/dev/null 2>&1
+for d in nbwhl plotwhl; do  # papermill and its kernel; plotting and tables where the image lacks them
+  [ -d .gpu/$d ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/$d/*.whl >/dev/null 2>&1
+done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 POWERATTN_SMOLLM2_GGUF=$W/smollm2.gguf
 for p in .gpu/p*/; do [ -d "$p" ] && cp "$p"* "$W/"; done
 [ -f "$W/books.jsonl.gz" ] && cp "$W/books.jsonl.gz" "$W/MANIFEST.json" .cache/corpora/books/ 2>/dev/null

@@ -31,7 +31,7 @@ def test_defaults_are_the_h100_sweep():
     assert settings(tiles.tiles_for("dkdv", 128, torch.bfloat16, 256)) == dict(
         BLOCK_M=64, BLOCK_N=64, USE_TMA=1, num_warps=4, num_stages=2)
     assert settings(tiles.tiles_for("decode", 128, torch.bfloat16, 256)) == dict(
-        BLOCK_N=64, NUM_SPLITS=0, FUSED=0, num_warps=4, num_stages=3)
+        BLOCK_N=64, NUM_SPLITS=0, FUSED=0, PDL=0, num_warps=4, num_stages=3)
 
 
 def test_head_dim_64_forward_entry():
