@@ -549,6 +549,25 @@ def sweep_claims(sweep: dict, targets=None) -> list[dict]:
     return out
 
 
+def decode_anatomy_rows(sweep: dict) -> list[dict]:
+    """Flat rows of the ``decode_anatomy`` records of a ``kernel_check.py --variants`` run: per shape, context and
+    decode setting, the CUDA-graph call time with the KV in L2 (``call_us``) and over rotating caches
+    (``cold_call_us``), the split and merge kernels' own durations (profiler, eager calls) and the one- and
+    two-kernel launch floors; ``launch_share`` is the part of the call that is neither kernel running."""
+    out = []
+    for r in sweep.get("rows", []):
+        if r.get("kind") != "decode_anatomy":
+            continue
+        kern = r.get("kernels_us") or {}
+        split = sum(v for k, v in kern.items() if "split" in k)
+        merge = sum(v for k, v in kern.items() if "merge" in k)
+        out.append(dict(shape=r["shape"], S=r["S"], variant=r["variant"], call_us=r["call_us"],
+                        cold_call_us=r.get("cold_call_us"), split_us=split, merge_us=merge,
+                        floor1_us=r["floor1_us"], floor2_us=r["floor2_us"],
+                        launch_share=1 - (split + merge) / r["call_us"] if r["call_us"] else None))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="results.json")
