@@ -23,7 +23,8 @@ are unrolled, so the kernel has a single loop (Triton 3.6 makes no warp partitio
 the H100 this variant measured 0.88-0.99x the table's: opt-in, off by default). ``FUSED``: decode merges its splits in the last
 program of each key/value head instead of a second kernel (measured slower on the H100: opt-in). ``PDL``:
 programmatic dependent launch on Hopper (1: the merge kernel is launched while the split kernel runs; 2: the
-split kernel too, behind whatever ran before it; ignored on older GPUs and in the interpreter). Where each entry comes from:
+split kernel too, behind whatever ran before it; ignored on older GPUs and in the interpreter). The table uses 2:
+on the H100 it measured 1.10-1.21x faster at batch 1 than no PDL, and 1.01-1.04x at batch 16. Where each entry comes from:
 kernels/NOTES.md, "Refactor (issue 8)" and "Issue 11".
 
 ``POWERATTN_TILES=<file.json>`` (read once, at import) replaces table entries for a tuning run:
@@ -74,7 +75,9 @@ _TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "
 _FWD = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1, "WARP_SPEC": 0}, num_warps=8, num_stages=3)
 _DQ = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "USE_TMA": 1}, num_warps=8, num_stages=2)
 _DKDV = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "USE_TMA": 1}, num_warps=4, num_stages=2)
-_DECODE = triton.Config({"BLOCK_N": 64, "NUM_SPLITS": 0, "FUSED": 0, "PDL": 0}, num_warps=4, num_stages=3)
+# Decode PDL=2 (programmatic dependent launch of both kernels; ignored before Hopper): H100, issue 11 session 5,
+# 1.10-1.21x at batch 1 and 1.01-1.04x at batch 16 against PDL=0, both shapes (kernels/NOTES.md).
+_DECODE = triton.Config({"BLOCK_N": 64, "NUM_SPLITS": 0, "FUSED": 0, "PDL": 2}, num_warps=4, num_stages=3)
 # Head dim 64 forward, measured on SmolLM2's shape (9 query / 3 KV heads, bf16, H100): 1.25x faster
 # than _FWD (0.49 vs 0.61 ms at 32K, 2.24 vs 2.85 ms at 128K). At head dim 128 the same tile was
 # +5% at 32K and -5% at 128K, so head dim 128 keeps _FWD.

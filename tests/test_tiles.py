@@ -23,7 +23,7 @@ def test_table_covers_every_kernel_head_dim_and_dtype():
 
 def test_defaults_are_the_h100_sweep():
     """kernels/NOTES.md: forward 128x128/8 warps/3 stages, dQ 128x128/8/2, dK/dV 64x64/4/2, all TMA;
-    decode BLOCK_N 64, 4 warps, 3 stages, automatic splits."""
+    decode BLOCK_N 64, 4 warps, 3 stages, automatic splits, programmatic dependent launch of both kernels."""
     assert settings(tiles.tiles_for("fwd", 128, torch.bfloat16, 256)) == dict(
         BLOCK_M=128, BLOCK_N=128, USE_TMA=1, WARP_SPEC=0, num_warps=8, num_stages=3)
     assert settings(tiles.tiles_for("dq", 128, torch.bfloat16, 256)) == dict(
@@ -31,7 +31,7 @@ def test_defaults_are_the_h100_sweep():
     assert settings(tiles.tiles_for("dkdv", 128, torch.bfloat16, 256)) == dict(
         BLOCK_M=64, BLOCK_N=64, USE_TMA=1, num_warps=4, num_stages=2)
     assert settings(tiles.tiles_for("decode", 128, torch.bfloat16, 256)) == dict(
-        BLOCK_N=64, NUM_SPLITS=0, FUSED=0, PDL=0, num_warps=4, num_stages=3)
+        BLOCK_N=64, NUM_SPLITS=0, FUSED=0, PDL=2, num_warps=4, num_stages=3)
 
 
 def test_head_dim_64_forward_entry():
