@@ -4,6 +4,10 @@
 # file travels in parts, one folder per call (.gpu/p1..pN, carried one per call; the book corpus in p1, the file's
 # SHA-256 in the last) and is joined in /var/tmp; weights and checkpoints stay in /var/tmp/pa; results go to $OUT.
 # Make the parts with: split -n 4 -d -a 1 smollm2.gguf part   (four, now that the tree is larger).
+# Notebooks need papermill and a kernel, which the image lacks (it has matplotlib, pandas, scipy): .gpu/nbwhl holds
+# `pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 (...) papermill ipykernel
+# seaborn` minus numpy, packaging, typing_extensions, matplotlib, pandas and their deps, debugpy and jedi (8 MB);
+# .gpu/plotwhl (matplotlib, pandas and deps, 36 MB) only for an image without them. Carry .gpu/nbwhl for `nb`.
 #   bash scripts/device_run.sh stage1             part 1 + corpus; a smoke test of training on random weights
 #   bash scripts/device_run.sh stage2             part 2; notebook 08 (kernel benchmark) under papermill
 #   bash scripts/device_run.sh run BUDGET_S       part 3 (if carried): join; run/resume the accuracy pipeline
