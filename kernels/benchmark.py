@@ -109,6 +109,21 @@ def rel_err(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
+def capture_graph(fn):
+    """``(graph, out)``: ``fn`` run once on a side stream (Triton compiles, caches and lazily built tables are
+    made outside the capture), then captured into a CUDA graph; ``out`` is what the captured call returned,
+    rewritten by every ``graph.replay()``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def bench_ms(fn, cudagraph=False) -> float:
     """Median milliseconds per call (``triton.testing``); ``cudagraph``: as replays of one captured graph."""
     from triton.testing import do_bench, do_bench_cudagraph

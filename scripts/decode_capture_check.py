@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from kernels.benchmark import capture_graph  # noqa: E402
 from kernels.decode import decode_at_position  # noqa: E402
 from lib import masks  # noqa: E402
 from lib.hf_attention import _step_blocks  # noqa: E402
@@ -38,14 +39,7 @@ def main() -> int:
             return decode_at_position(q, k, v, blk, valid, pos.reshape(-1)[:1], bs)
 
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = step()
+            graph, out = capture_graph(step)
             worst = 0.0
             for p in (5, 300, 4096, 20000, S - 1):
                 pos.fill_(p)

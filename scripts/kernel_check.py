@@ -34,7 +34,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from kernels import get_layout, sparse_attention, sparse_decode  # noqa: E402
-from kernels.benchmark import bench_ms, bench_prefill, measure_peaks, random_qkv, rel_err, section41  # noqa: E402
+from kernels.benchmark import (bench_ms, bench_prefill, capture_graph, measure_peaks, random_qkv, rel_err,  # noqa: E402
+                               section41)
 from kernels.plan import poisoned_outputs  # noqa: E402
 from kernels.reference import reference_attention  # noqa: E402
 from lib import masks  # noqa: E402
@@ -140,14 +141,7 @@ def graph_replay_check(log, kernel_config, shapes=(("qwen2", 1, 8192), ("qwen2",
         q, k, v = random_qkv(batch, Hq, Hkv, S, D, generator=g, q_len=1)
         f = lambda: sparse_decode(q, k, v, "power", 256, backend="triton", kernel_config=kernel_config)
         with torch.no_grad():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                f()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = f()
+            graph, out = capture_graph(f)
             same = []
             for _ in range(rounds):
                 q.copy_(torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g))
